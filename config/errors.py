@@ -1,0 +1,59 @@
+"""The exception tree shared by every inkq component.
+
+Every error a user can cause or meet derives from ``InkqError`` and carries a message
+that says what went wrong and what to do about it; CLIs print it and exit non-zero.
+"""
+
+from __future__ import annotations
+
+
+class InkqError(Exception):
+    """Base class for every error inkq raises on purpose."""
+
+
+class ConfigError(InkqError):
+    """A setting has an invalid value (the message names the variable)."""
+
+
+class ImageError(InkqError):
+    """One image cannot be recognised; fails that item only, never its batch."""
+
+
+class ImageDecodeError(ImageError):
+    """The bytes are not a readable image in a supported format."""
+
+
+class ImageTooLargeError(ImageError):
+    """The image exceeds the configured byte or pixel limit."""
+
+
+class BlankImageError(ImageError):
+    """The image decodes but holds no ink to recognise."""
+
+
+class ModelError(InkqError):
+    """A model cannot be built, loaded or found."""
+
+
+class WeightsUnavailableError(ModelError):
+    """Pretrained weights were asked for but cannot be read or downloaded."""
+
+
+class VersionNotFoundError(ModelError):
+    """The registry has no such model version (or no current version yet)."""
+
+
+class ArtifactCorruptError(ModelError):
+    """A stored model artifact fails its checksum or does not load."""
+
+
+class DatasetUnavailableError(InkqError):
+    """The training data is neither on disk nor downloadable."""
+
+
+class StoreUnavailableError(InkqError):
+    """Redis cannot be reached at the configured URL."""
+
+
+class JobNotFoundError(InkqError):
+    """No job with that id exists (or it has expired)."""

@@ -1,0 +1,201 @@
+"""One typed settings object, read from ``INKQ_*`` environment variables and an optional TOML file.
+
+Precedence, lowest first: the defaults below, the TOML file named by ``INKQ_CONFIG`` (flat
+keys spelled like the fields), then environment variables (``INKQ_`` + the field name in
+upper case). CLI options override individual fields with ``Settings.replace``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from config.errors import ConfigError
+
+ENV_PREFIX = "INKQ_"
+CONFIG_FILE_VAR = "INKQ_CONFIG"
+
+
+def _field(default: Any, doc: str, *, choices: tuple[str, ...] = (), minimum: float | None = None) -> Any:
+    return dataclasses.field(default=default, metadata={"doc": doc, "choices": choices, "minimum": minimum})
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    # Connections
+    redis_url: str = _field(
+        "redis://127.0.0.1:6379/0",
+        "Redis URL for queue, results and model registry; rediss:// for TLS, password in the URL.",
+    )
+    key_prefix: str = _field("inkq", "Prefix of every Redis key inkq writes.")
+    log_level: str = _field(
+        "warning", "Log level of every inkq process.", choices=("debug", "info", "warning", "error")
+    )
+
+    # Image limits (producer and worker)
+    max_image_bytes: int = _field(20 * 1024 * 1024, "Largest accepted image file, in bytes.", minimum=1)
+    max_image_pixels: int = _field(
+        40_000_000, "Largest accepted image area (width x height), against decompression bombs.", minimum=1
+    )
+
+    # Inference
+    device: str = _field(
+        "auto", "Where the model runs: auto (CUDA when present), cpu or cuda.", choices=("auto", "cpu", "cuda")
+    )
+    precision: str = _field(
+        "auto",
+        "Inference precision: auto (bf16 where the hardware supports it), fp32 or bf16.",
+        choices=("auto", "fp32", "bf16"),
+    )
+    compile: bool = _field(True, "Compile the model with torch.compile (falls back to eager on failure).")
+    buckets: tuple[int, ...] = _field(
+        (1, 8, 32, 128), "Static batch sizes the compiled model is built for (comma separated).", minimum=1
+    )
+    compile_cache_dir: str = _field(
+        "~/.cache/inkq/compile", "Persistent torch.compile cache, so restarts do not compile from scratch."
+    )
+
+    # Queue, batching and results
+    queue: str = _field("inkq", "Name of the Celery queue that carries recognition work.")
+    chunk_size: int = _field(
+        128, "Images per queued message: a large submission travels in chunks this big.", minimum=1
+    )
+    max_batch: int = _field(128, "Hard cap on a model batch (at most the largest bucket).", minimum=1)
+    max_wait_ms: float = _field(
+        5.0, "A batch is flushed when its oldest image has waited this long, or when it is full.", minimum=0.0
+    )
+    worker_threads: int = _field(16, "Messages a worker handles at once; their images are batched together.", minimum=1)
+    prefetch_multiplier: int = _field(4, "Messages a worker reserves per thread beyond those running.", minimum=1)
+    visibility_timeout_s: int = _field(
+        300, "Seconds before a message taken by a worker that died is delivered again.", minimum=1
+    )
+    queue_max_messages: int = _field(
+        10_000, "Backpressure: `producer submit` waits while the queue holds more messages than this.", minimum=1
+    )
+    result_ttl_s: int = _field(7 * 24 * 3600, "Seconds jobs, results and their images are kept.", minimum=1)
+
+    # Training
+    data_root: str = _field(
+        "~/.cache/inkq/mnist", "MNIST in torchvision's layout; downloaded there when missing and online."
+    )
+    weights: str = _field("none", "Initial weights for `trainer train`: none, imagenet or a file path.")
+    epochs: int = _field(14, "Training epochs for `trainer train`.", minimum=1)
+    batch_size: int = _field(128, "Training batch size.", minimum=1)
+    learning_rate: float = _field(0.08, "Peak learning rate of the one-cycle schedule.", minimum=0.0)
+    seed: int = _field(0, "Seed for data split, initialisation and augmentation.", minimum=0)
+    val_size: int = _field(2000, "Training images held out for validation and model selection.", minimum=1)
+
+    def replace(self, **overrides: Any) -> Settings:
+        """A copy with the non-None overrides applied (CLI options pass None when not given)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        merged = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)} | given
+        return _validated(merged, source={k: f"--{k.replace('_', '-')}" for k in given})
+
+    def path(self, name: str) -> Path:
+        """A path-valued setting with ``~`` expanded."""
+        return Path(str(getattr(self, name))).expanduser()
+
+
+def env_var(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from defaults, the optional TOML file and the environment."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    known = {f.name for f in dataclasses.fields(Settings)}
+    config_file = env.get(CONFIG_FILE_VAR)
+    if config_file:
+        path = Path(config_file).expanduser()
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{CONFIG_FILE_VAR}={config_file}: cannot read TOML settings file: {exc}") from exc
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        values.update(data)
+        source.update({k: f"{path}: {k}" for k in data})
+    for name in known:
+        var = env_var(name)
+        if var in env:
+            values[name] = env[var]
+            source[name] = var
+    return _validated(values, source)
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting: the documentation table."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        default = f.default
+        shown = (
+            ",".join(map(str, default))
+            if isinstance(default, tuple)
+            else str(default).lower()
+            if isinstance(default, bool)
+            else str(default)
+        )
+        rows.append((env_var(f.name), shown, f.metadata["doc"]))
+    return rows
+
+
+def _validated(values: Mapping[str, Any], source: Mapping[str, str]) -> Settings:
+    parsed: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        if f.name not in values:
+            continue
+        where = source.get(f.name, f.name)
+        parsed[f.name] = _parse(f, values[f.name], where)
+    return Settings(**parsed)
+
+
+def _parse(f: dataclasses.Field[Any], raw: Any, where: str) -> Any:
+    kind: Any = type(f.default)
+    choices: tuple[str, ...] = f.metadata["choices"]
+    minimum = f.metadata["minimum"]
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{where}={raw!r} is invalid: expected {expected}")
+
+    value: Any
+    if kind is bool:
+        if isinstance(raw, bool):
+            value = raw
+        elif str(raw).strip().lower() in ("1", "true", "yes", "on"):
+            value = True
+        elif str(raw).strip().lower() in ("0", "false", "no", "off"):
+            value = False
+        else:
+            raise bad("one of true, false, 1, 0, yes, no, on, off")
+    elif kind is tuple:
+        items = raw if isinstance(raw, (list, tuple)) else [p for p in str(raw).split(",") if p.strip()]
+        try:
+            value = tuple(sorted({int(p) for p in items}))
+        except (TypeError, ValueError):
+            raise bad("a comma-separated list of integers, e.g. 1,8,32,128") from None
+        if not value:
+            raise bad("at least one integer")
+        if minimum is not None and min(value) < minimum:
+            raise bad(f"integers >= {minimum}")
+        return value
+    elif kind in (int, float):
+        try:
+            if isinstance(raw, bool):
+                raise ValueError
+            value = kind(raw)
+        except (TypeError, ValueError):
+            raise bad("an integer" if kind is int else "a number") from None
+    else:
+        value = str(raw)
+    if choices and value not in choices:
+        raise bad(f"one of {', '.join(choices)}")
+    if minimum is not None and value < minimum:
+        raise bad(f"a value >= {minimum}")
+    return value

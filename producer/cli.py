@@ -1,0 +1,199 @@
+"""`producer`: queue folders of scans, follow jobs, read results."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from typing import Any
+
+import click
+
+from config.cli import Group, emit_json, setup
+from config.settings import Settings, env_var
+from producer.client import Client, count_candidates
+
+
+@click.group(cls=Group)
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Queue handwriting scans for recognition and read the results (settings: INKQ_* variables)."""
+    setup(ctx)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    envvar="INKQ_JSON",
+    show_envvar=True,
+    help='Print {"job": ID, "items": N, "rejected": [...]} instead of the job id.',
+)
+@click.option(
+    "--wait/--no-wait",
+    "wait_for_room",
+    default=True,
+    envvar="INKQ_SUBMIT_WAIT",
+    show_envvar=True,
+    help="When the queue is full (INKQ_QUEUE_MAX_MESSAGES), wait for room or fail at once.",
+)
+@click.option(
+    "--chunk-size",
+    envvar=env_var("chunk_size"),
+    show_envvar=True,
+    type=click.IntRange(min=1),
+    help="Images per queued message.",
+)
+@click.option(
+    "--progress/--no-progress",
+    envvar="INKQ_PROGRESS",
+    show_envvar=True,
+    default=None,
+    help="Progress bar on stderr (default: when stderr is a terminal).",
+)
+@click.pass_obj
+def submit(
+    settings: Settings,
+    paths: tuple[str, ...],
+    as_json: bool,
+    wait_for_room: bool,
+    chunk_size: int | None,
+    progress: bool | None,
+) -> None:
+    """Queue every image under PATHS (files or folders, recursively) as one job; print its id."""
+    client = Client(settings.replace(chunk_size=chunk_size))
+    show = sys.stderr.isatty() if progress is None else progress
+    if show:
+        with click.progressbar(length=count_candidates(paths), label="submitting", file=sys.stderr) as bar:
+            report = client.submit(list(paths), wait_for_room=wait_for_room, progress=bar.update)
+    else:
+        report = client.submit(list(paths), wait_for_room=wait_for_room)
+    for bad in report.rejected:
+        click.echo(f"rejected {bad['path']}: {bad['error']}", err=True)
+    if as_json:
+        emit_json({"job": report.job, "items": report.items, "rejected": report.rejected})
+    else:
+        click.echo(report.job)
+
+
+@cli.command()
+@click.argument("job")
+@click.option("--json", "as_json", is_flag=True, envvar="INKQ_JSON", show_envvar=True)
+@click.pass_obj
+def status(settings: Settings, job: str, as_json: bool) -> None:
+    """Show a job's progress: total, done, failed, state."""
+    s = Client(settings).status(job)
+    if as_json:
+        emit_json(s.as_dict())
+    else:
+        click.echo(f"{s.job}: {s.state}, {s.done}/{s.total} done, {s.failed} failed")
+
+
+FIELDS = ["item", "label", "confidence", "top3", "model_version", "error"]
+
+
+@cli.command()
+@click.argument("job")
+@click.option(
+    "--wait",
+    is_flag=True,
+    envvar="INKQ_RESULTS_WAIT",
+    show_envvar=True,
+    help="Wait until the job is complete before printing.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    envvar="INKQ_RESULTS_TIMEOUT",
+    show_envvar=True,
+    help="With --wait: give up after this many seconds (exit status 2).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv"]),
+    default="jsonl",
+    show_default=True,
+    envvar="INKQ_RESULTS_FORMAT",
+    show_envvar=True,
+)
+@click.pass_obj
+def results(settings: Settings, job: str, wait: bool, timeout: float | None, fmt: str) -> None:
+    """Print one result per item (JSON lines or CSV), in submission order."""
+    client = Client(settings)
+    if wait:
+        s = client.wait(job, timeout)
+        if not s.complete:
+            click.echo(f"timed out after {timeout}s: {s.done}/{s.total} done", err=True)
+            sys.exit(2)
+    rows = client.results(job)
+    if fmt == "jsonl":
+        out = sys.stdout
+        for row in rows:
+            out.write(json.dumps(row, separators=(",", ":")) + "\n")
+        return
+    writer = csv.writer(sys.stdout)
+    writer.writerow(FIELDS)
+    for row in rows:
+        writer.writerow([_cell(row.get(name)) for name in FIELDS])
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, list):
+        return ";".join(f"{label}:{conf:.4f}" for label, conf in value)
+    return "" if value is None else value
+
+
+@cli.command("demo")
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=300,
+    show_default=True,
+    envvar="INKQ_DEMO_COUNT",
+    show_envvar=True,
+    help="How many MNIST test digits to write and submit.",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    envvar="INKQ_DEMO_EPOCHS",
+    show_envvar=True,
+    help="Epochs of the short base model trained when the registry has none.",
+)
+@click.option("--data-root", envvar=env_var("data_root"), show_envvar=True, type=click.Path(file_okay=False))
+@click.option(
+    "--keep",
+    is_flag=True,
+    envvar="INKQ_DEMO_KEEP",
+    show_envvar=True,
+    help="Keep the written scans (their folder is printed).",
+)
+@click.option("--json", "as_json", is_flag=True, envvar="INKQ_JSON", show_envvar=True)
+@click.pass_obj
+def demo_command(settings: Settings, count: int, epochs: int, data_root: str | None, keep: bool, as_json: bool) -> None:
+    """Run the whole pipeline on this machine: Redis, model, worker, a few hundred digits."""
+    from producer.demo import demo
+
+    summary = demo(settings.replace(data_root=data_root), count=count, epochs=epochs, keep=keep)
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(
+        f"{summary['items']} scans recognised by model {summary['model_version']}: "
+        f"accuracy {summary['accuracy']:.2%}, {summary['errors']} errors, "
+        f"{summary['images_per_second']:.0f} images/s end to end ({summary['seconds']:.2f}s from submit to the "
+        f"last result; {summary['batches']} batches, largest {summary['largest_batch']})"
+    )
+
+
+def main() -> None:
+    cli(prog_name="producer")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Finding the images under the paths a user gives: recursive, loop-safe, never fatal."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from recognizer.scan import SUPPORTED_SUFFIXES
+
+
+@dataclass(frozen=True)
+class Found:
+    """A candidate image file, or a path that could not be walked (with the reason)."""
+
+    path: str
+    problem: str | None = None
+
+
+def find_images(paths: list[str]) -> Iterator[Found]:
+    """Every file with a supported image suffix under ``paths``, in a stable order.
+
+    Symlinked folders are followed once; a loop is reported, not followed. Unreadable folders
+    and missing paths are reported. Files named explicitly are taken whatever their suffix.
+    """
+    seen_dirs: set[tuple[int, int]] = set()
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            yield from _walk(path, seen_dirs)
+        elif path.is_file():
+            yield Found(str(path))
+        elif path.is_symlink():
+            yield Found(str(path), "broken symbolic link")
+        else:
+            yield Found(str(path), "no such file or folder")
+
+
+def _walk(folder: Path, seen: set[tuple[int, int]]) -> Iterator[Found]:
+    try:
+        st = folder.stat()
+    except OSError as exc:
+        yield Found(str(folder), f"cannot read folder: {exc.strerror or exc}")
+        return
+    key = (st.st_dev, st.st_ino)
+    if key in seen:
+        yield Found(str(folder), "symbolic link loop (folder already visited)")
+        return
+    seen.add(key)
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        yield Found(str(folder), f"cannot read folder: {exc.strerror or exc}")
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        try:
+            if entry.is_dir(follow_symlinks=True):
+                yield from _walk(path, seen)
+            elif entry.is_file(follow_symlinks=True):
+                if path.suffix.lower() in SUPPORTED_SUFFIXES:
+                    yield Found(str(path))
+            elif entry.is_symlink():
+                yield Found(str(path), "broken symbolic link")
+        except OSError as exc:
+            yield Found(str(path), f"cannot read: {exc.strerror or exc}")

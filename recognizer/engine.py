@@ -1,0 +1,210 @@
+"""Batch inference: a compiled model with static shape buckets, warmed before it serves.
+
+Each batch is padded up to the next bucket size, so serving only ever sees shapes that were
+compiled (and warmed) at load: no request waits for a compile. Padding rows are dropped before
+anything is returned. The weights of a compiled model are never changed in place (inductor's
+freezing bakes them into the graph); a new version means a new Engine.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from config.settings import Settings
+from recognizer import artifact, network
+from storage.registry import VersionInfo
+
+log = logging.getLogger(__name__)
+
+# Predictions must agree with fp32 on at least this share of held-out images for "auto" to
+# pick bf16 (the trainer measures and records the agreement with each version).
+BF16_MIN_AGREEMENT = 0.9995
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: int
+    confidence: float
+    top3: list[tuple[int, float]]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def bf16_capable(device: torch.device) -> bool:
+    """Whether the hardware has native bf16 matrix math (CPU: AVX512-BF16 or AMX)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(precision: str, device: torch.device, bf16_agreement: float | None = None) -> torch.dtype:
+    """fp32 or bf16. ``auto`` takes bf16 only where the hardware has it and, when the agreement
+    with fp32 predictions was measured, where it is at least ``BF16_MIN_AGREEMENT``."""
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    agrees = bf16_agreement is None or bf16_agreement >= BF16_MIN_AGREEMENT
+    return torch.bfloat16 if bf16_capable(device) and agrees else torch.float32
+
+
+def configure_compiler(cache_dir: Path | None) -> None:
+    """Process-wide inductor settings; called before the first compile."""
+    import torch._dynamo.config as dynamo_config
+    import torch._inductor.config as inductor_config
+
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        # Inductor reads these when it first needs its caches: a restart reuses compiled kernels.
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir))
+        os.environ.setdefault("TRITON_CACHE_DIR", str(cache_dir / "triton"))
+    inductor_config.freezing = True
+    inductor_config.fx_graph_cache = True
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
+    dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, 64)
+
+
+class Engine:
+    """One model replica on one device, compiled for a fixed set of batch sizes."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        temperature: float = 1.0,
+        device: str = "cpu",
+        precision: str = "auto",
+        buckets: Sequence[int] = (1, 8, 32, 128),
+        compile: bool = True,
+        cache_dir: Path | None = None,
+        version: str = "",
+        bf16_agreement: float | None = None,
+    ) -> None:
+        self.version = version
+        self.device = resolve_device(device)
+        self.dtype = resolve_precision(precision, self.device, bf16_agreement)
+        self.buckets = tuple(sorted(set(int(b) for b in buckets)))
+        self.temperature = float(temperature)
+        # The engine owns its copy: casting or compiling must never touch the caller's module.
+        model = copy.deepcopy(model).eval().to(self.device)
+        if self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model.to(self.dtype) if self.device.type == "cpu" else model
+        self._forward: Any = self.model
+        self.compiled = False
+        if compile:
+            configure_compiler(cache_dir)
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self._forward = torch.compile(self.model, dynamic=False, fullgraph=True, mode=mode)
+            self.compiled = True
+
+    @classmethod
+    def from_weights(cls, weights: bytes, arch: dict[str, Any], **kwargs: Any) -> Engine:
+        model = artifact.load_into(network.build(arch), weights)
+        return cls(model, **kwargs)
+
+    @property
+    def max_batch(self) -> int:
+        return self.buckets[-1]
+
+    def describe(self) -> str:
+        kind = "compiled" if self.compiled else "eager"
+        return f"{kind} {str(self.dtype).removeprefix('torch.')} on {self.device}, buckets {list(self.buckets)}"
+
+    def warm(self) -> float:
+        """Run every bucket once so no request pays for a compile; returns seconds taken.
+
+        If compilation fails, logs a warning and falls back to eager.
+        """
+        start = time.perf_counter()
+        for size in self.buckets:
+            dummy = torch.zeros(size, 1, 28, 28)
+            try:
+                self._run(dummy)
+                self._run(dummy)  # CUDA graphs record on the second call
+            except Exception as exc:
+                if not self.compiled:
+                    raise
+                log.warning(
+                    "torch.compile failed (%s: %s); serving the eager model instead",
+                    type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "",
+                )
+                self._forward, self.compiled = self.model, False
+                return self.warm() + (time.perf_counter() - start)
+        return time.perf_counter() - start
+
+    def bucket_for(self, n: int) -> int:
+        for size in self.buckets:
+            if size >= n:
+                return size
+        return self.buckets[-1]
+
+    @torch.no_grad()
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits (float32, on the CPU) for one batch whose size is a bucket."""
+        x = batch.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
+                out = self._forward(x)
+        else:
+            out = self._forward(x.to(self.dtype))
+        # Copy off the graph's output buffers (CUDA graphs reuse them on the next call).
+        return out.float().cpu().clone()
+
+    def logits(self, inputs: torch.Tensor | Sequence[np.ndarray]) -> torch.Tensor:
+        """Temperature-scaled logits for N preprocessed inputs (N, 1, 28, 28), any N."""
+        x = inputs if isinstance(inputs, torch.Tensor) else torch.from_numpy(np.stack(list(inputs)))
+        if x.ndim != 4 or x.shape[1:] != (1, 28, 28):
+            raise ValueError(f"expected inputs of shape (N, 1, 28, 28), got {tuple(x.shape)}")
+        outputs = []
+        for start in range(0, len(x), self.max_batch):
+            chunk = x[start : start + self.max_batch]
+            size = self.bucket_for(len(chunk))
+            if size > len(chunk):
+                chunk = torch.cat([chunk, chunk.new_zeros(size - len(chunk), *chunk.shape[1:])])
+            outputs.append(self._run(chunk)[: min(len(x) - start, self.max_batch)])
+        if not outputs:
+            return torch.empty(0, 10)
+        return torch.cat(outputs) / self.temperature
+
+    def predict(self, inputs: torch.Tensor | Sequence[np.ndarray]) -> list[Prediction]:
+        if len(inputs) == 0:
+            return []
+        probs = torch.softmax(self.logits(inputs), dim=1)
+        conf, labels = probs.topk(3, dim=1)
+        return [
+            Prediction(int(lab[0]), float(c[0]), [(int(a), float(b)) for a, b in zip(lab, c, strict=True)])
+            for lab, c in zip(labels.tolist(), conf.tolist(), strict=True)
+        ]
+
+
+def engine_for(info: VersionInfo, weights: bytes, settings: Settings, **overrides: Any) -> Engine:
+    """The serving engine for a registry version, configured from the settings."""
+    options: dict[str, Any] = {
+        "temperature": info.temperature,
+        "device": settings.device,
+        "precision": settings.precision,
+        "buckets": settings.buckets,
+        "compile": settings.compile,
+        "cache_dir": settings.path("compile_cache_dir"),
+        "version": info.version,
+        "bf16_agreement": info.metrics.get("bf16_agreement"),
+    }
+    return Engine.from_weights(weights, info.arch, **(options | overrides))

@@ -1,0 +1,77 @@
+"""The one place that builds Redis key names. Nothing else spells a key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "inkq"
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    # Model registry
+    @property
+    def model_sequence(self) -> str:
+        return self._k("model", "seq")
+
+    @property
+    def model_versions(self) -> str:
+        """Sorted set: version -> sequence number."""
+        return self._k("model", "versions")
+
+    def model_meta(self, version: str) -> str:
+        return self._k("model", version, "meta")
+
+    def model_weights(self, version: str) -> str:
+        return self._k("model", version, "weights")
+
+    @property
+    def model_current(self) -> str:
+        return self._k("model", "current")
+
+    @property
+    def model_events(self) -> str:
+        """Pub/sub channel announcing a new current version."""
+        return self._k("model", "events")
+
+    # Images, content-addressed: stored once however often they are submitted
+    def image(self, digest: str) -> str:
+        return self._k("image", digest)
+
+    # Jobs and their results
+    def job(self, job_id: str) -> str:
+        """Hash: total, done, failed, created, finished."""
+        return self._k("job", job_id)
+
+    def job_results(self, job_id: str) -> str:
+        """Hash: item index -> result JSON."""
+        return self._k("job", job_id, "results")
+
+    def job_failed(self, job_id: str) -> str:
+        """Set of item indices whose result is an error (keeps the failed counter exact)."""
+        return self._k("job", job_id, "failed")
+
+    def job_finished(self, job_id: str) -> str:
+        """List pushed once when the job completes: waiters block on it instead of polling."""
+        return self._k("job", job_id, "finished")
+
+    # Workers
+    def worker(self, hostname: str) -> str:
+        """A ready worker's description, refreshed by its heartbeat."""
+        return self._k("worker", hostname)
+
+    @property
+    def workers_ready(self) -> str:
+        """List of hostnames, pushed as each worker becomes ready (for operators and tests)."""
+        return self._k("workers", "ready")
+
+    # Broker: kombu's own keys (queue lists, unacked messages) live under this prefix
+    @property
+    def broker_prefix(self) -> str:
+        return self._k("broker") + ":"
+
+    def queue_list(self, queue: str) -> str:
+        return self.broker_prefix + queue

@@ -1,0 +1,59 @@
+"""The work queue: a Celery application on Redis that speaks JSON only.
+
+Producer and worker build the same app from the settings; the producer only sends
+``TASK_NAME`` messages (no torch import), the worker registers the task under that name.
+A message carries references, never image bytes: ``(job, [[index, digest, path], ...])``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import redis
+from celery import Celery
+
+from config.settings import Settings
+from storage.keys import Keys
+
+TASK_NAME = "inkq.recognize"
+
+
+def make_app(settings: Settings) -> Celery:
+    keys = Keys(settings.key_prefix)
+    app = Celery("inkq", broker=settings.redis_url, set_as_current=False)
+    restore_every = max(1, min(10, settings.visibility_timeout_s // 4))
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        event_serializer="json",
+        task_ignore_result=True,
+        task_default_queue=settings.queue,
+        task_routes={TASK_NAME: {"queue": settings.queue}},
+        # At-least-once: acknowledge after the results are written; a message whose worker dies
+        # goes back to the queue once the visibility timeout passes (checked every few seconds).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=settings.prefetch_multiplier,
+        worker_concurrency=settings.worker_threads,
+        worker_pool="threads",
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            "unacked_restore_interval": restore_every,
+            "unacked_restore_throttle": 1,
+            "global_keyprefix": keys.broker_prefix,
+        },
+    )
+    return app
+
+
+def enqueue(app: Celery, job: str, items: Sequence[Sequence[object]]) -> None:
+    app.send_task(TASK_NAME, args=[job, [list(item) for item in items], time.time()])
+
+
+def depth(client: redis.Redis, settings: Settings) -> int:
+    """Messages waiting in the queue (not counting those workers have reserved)."""
+    return int(client.llen(Keys(settings.key_prefix).queue_list(settings.queue)))

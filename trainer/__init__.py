@@ -1,0 +1,1 @@
+"""Training: the base model from MNIST, and (later) fine-tuning on labelled samples."""

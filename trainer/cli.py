@@ -1,0 +1,179 @@
+"""`trainer`: build the base model from MNIST, evaluate versions, list the registry."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+
+import click
+
+from config.cli import Group, emit_json, setup
+from config.settings import Settings, env_var
+from storage.connection import connect
+from storage.keys import Keys
+from storage.registry import Registry
+
+
+def _registry(settings: Settings) -> Registry:
+    return Registry(connect(settings.redis_url), Keys(settings.key_prefix))
+
+
+@click.group(cls=Group)
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Train, evaluate and list inkq model versions (settings: INKQ_* variables, INKQ_CONFIG file)."""
+    setup(ctx)
+
+
+@cli.command()
+@click.option(
+    "--data-root",
+    envvar=env_var("data_root"),
+    show_envvar=True,
+    type=click.Path(file_okay=False),
+    help="MNIST in torchvision's layout (downloaded there when missing and online).",
+)
+@click.option("--epochs", envvar=env_var("epochs"), show_envvar=True, type=int)
+@click.option("--weights", envvar=env_var("weights"), show_envvar=True, help="none, imagenet or a weights file.")
+@click.option("--batch-size", envvar=env_var("batch_size"), show_envvar=True, type=int)
+@click.option("--learning-rate", envvar=env_var("learning_rate"), show_envvar=True, type=float)
+@click.option("--seed", envvar=env_var("seed"), show_envvar=True, type=int)
+@click.option("--val-size", envvar=env_var("val_size"), show_envvar=True, type=int)
+@click.option(
+    "--limit",
+    envvar="INKQ_TRAIN_LIMIT",
+    show_envvar=True,
+    type=click.IntRange(min=2),
+    help="Use only the first N training images (smoke runs).",
+)
+@click.option(
+    "--test-limit",
+    envvar="INKQ_TEST_LIMIT",
+    show_envvar=True,
+    type=click.IntRange(min=1),
+    help="Score only the first N test images (smoke runs).",
+)
+@click.option(
+    "--progress/--no-progress",
+    envvar="INKQ_PROGRESS",
+    show_envvar=True,
+    default=None,
+    help="Progress bar on stderr (default: when stderr is a terminal).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    envvar="INKQ_JSON",
+    show_envvar=True,
+    help="Print the summary as one JSON object on the last line.",
+)
+@click.pass_obj
+def train(
+    settings: Settings,
+    /,
+    limit: int | None,
+    test_limit: int | None,
+    progress: bool | None,
+    as_json: bool,
+    **options: object,
+) -> None:
+    """Train the base model from MNIST and publish it as the current version."""
+    from trainer.base import train_base
+
+    settings = settings.replace(**options)
+    registry = _registry(settings)  # fail before training, not after, when Redis is down
+    show = sys.stderr.isatty() if progress is None else progress
+    summary = train_base(settings, registry, limit=limit, test_limit=test_limit, progress=show)
+    if as_json:
+        emit_json(summary)
+    else:
+        click.echo(
+            f"published {summary['version']}: test accuracy {summary['test_accuracy']:.4%} "
+            f"(val {summary['val_accuracy']:.4%}, {summary['train_seconds']:.0f}s training)"
+        )
+
+
+@cli.command()
+@click.option("--data-root", envvar=env_var("data_root"), show_envvar=True, type=click.Path(file_okay=False))
+@click.option(
+    "--split",
+    envvar="INKQ_SPLIT",
+    show_envvar=True,
+    type=click.Choice(["test", "train"]),
+    default="test",
+    show_default=True,
+)
+@click.option(
+    "--version", "version", envvar="INKQ_VERSION", show_envvar=True, help="Version to score (default: the current one)."
+)
+@click.option(
+    "--limit",
+    envvar="INKQ_EVAL_LIMIT",
+    show_envvar=True,
+    type=click.IntRange(min=1),
+    help="Score only the first N images.",
+)
+@click.option(
+    "--compile/--no-compile",
+    envvar=env_var("compile"),
+    show_envvar=True,
+    default=None,
+    help="Score with the compiled serving engine (default from INKQ_COMPILE).",
+)
+@click.option("--json", "as_json", is_flag=True, envvar="INKQ_JSON", show_envvar=True)
+@click.pass_obj
+def evaluate(
+    settings: Settings,
+    data_root: str | None,
+    split: str,
+    version: str | None,
+    limit: int | None,
+    compile: bool | None,
+    as_json: bool,
+) -> None:
+    """Score a version with the serving engine on an MNIST split."""
+    from trainer.base import evaluate_version
+
+    settings = settings.replace(data_root=data_root, compile=compile)
+    result = evaluate_version(settings, _registry(settings), version=version, split=split, limit=limit)
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(
+            f"{result['version']}: accuracy {result['accuracy']:.4%} on {result['n']} {split} images "
+            f"({result['engine']})"
+        )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, envvar="INKQ_JSON", show_envvar=True)
+@click.pass_obj
+def versions(settings: Settings, as_json: bool) -> None:
+    """List the model versions in the registry, oldest first; * marks the current one."""
+    registry = _registry(settings)
+    current = registry.current()
+    infos = registry.versions()
+    if as_json:
+        emit_json({"current": current, "versions": [vars(i) for i in infos]})
+        return
+    if not infos:
+        click.echo("no model versions yet: run `trainer train`")
+        return
+    for info in infos:
+        created = datetime.fromtimestamp(info.created, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        test = info.metrics.get("test_accuracy")
+        val = info.metrics.get("val_accuracy")
+        click.echo(
+            f"{'*' if info.version == current else ' '} {info.version:<6} {created}  {info.status:<9} "
+            f"test {'-' if test is None else f'{test:.4%}'}  val {'-' if val is None else f'{val:.4%}'}  "
+            f"parent {info.parent or '-'}"
+        )
+
+
+def main() -> None:
+    cli(prog_name="trainer")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""MNIST in torchvision's layout, run through the serving preprocessing once and kept in memory."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+from config.errors import DatasetUnavailableError
+from recognizer import scan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Prepared images in [0, 1] (N, 1, 28, 28) float32 and their labels (N,) int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor | slice) -> Split:
+        return Split(self.images[index], self.labels[index])
+
+
+def load_raw(root: Path, *, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The raw uint8 images and labels of one split; downloads into ``root`` when missing and online."""
+    name = "train" if train else "test"
+    try:
+        ds = torchvision.datasets.MNIST(str(root), train=train, download=False)
+    except RuntimeError:
+        log.info("MNIST %s split not under %s; trying to download it", name, root)
+        try:
+            ds = torchvision.datasets.MNIST(str(root), train=train, download=True)
+        except Exception as exc:  # network errors of every kind mean the same thing here
+            raise DatasetUnavailableError(
+                f"MNIST {name} split is not under {root} (expected {root}/MNIST/raw/*-ubyte) and "
+                f"downloading it failed: {exc}. Pass --data-root (INKQ_DATA_ROOT) pointing at a copy."
+            ) from exc
+    return ds.data.numpy(), ds.targets.numpy().astype(np.int64)
+
+
+def prepare_all(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, 28, 28) -> prepared float32 (N, 1, 28, 28) in [0, 1], as serving would see them."""
+    out = np.empty((len(images), 1, scan.SIZE, scan.SIZE), dtype=np.float32)
+    for i, img in enumerate(images):
+        out[i, 0] = scan.prepare(img.astype(np.float32) / 255.0)
+    return torch.from_numpy(out)
+
+
+def load_split(root: Path, *, train: bool, limit: int | None = None) -> tuple[Split, str]:
+    """A prepared split and the fingerprint of the raw data it came from."""
+    images, labels = load_raw(root, train=train)
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    digest = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()[:16]
+    fingerprint = f"mnist-{'train' if train else 'test'}:{len(labels)}:{digest}"
+    return Split(prepare_all(images), torch.from_numpy(labels)), fingerprint
+
+
+def split_validation(data: Split, val_size: int, seed: int) -> tuple[Split, Split]:
+    """A seeded train/validation split carved out of the training data."""
+    if not 0 < val_size < len(data):
+        raise DatasetUnavailableError(f"validation size {val_size} must be between 1 and {len(data) - 1}")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    return data.subset(order[val_size:]), data.subset(order[:val_size])

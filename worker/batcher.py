@@ -1,0 +1,106 @@
+"""Dynamic batching across requests.
+
+Images from every message a worker holds go into one queue; a single model thread takes them
+in batches. A batch is flushed when it holds ``max_batch`` images or when its *oldest* image
+has waited ``max_wait`` seconds, whichever comes first, and never exceeds ``max_batch``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    id: int
+    size: int
+    waited_ms: float  # how long the oldest image of the batch waited for it to fill
+    run_ms: float
+
+
+@dataclass
+class _Pending(Generic[In, Out]):
+    value: In
+    future: Future[tuple[Out, BatchInfo]]
+    since: float
+
+
+class Batcher(Generic[In, Out]):
+    def __init__(
+        self, run: Callable[[list[In]], Sequence[Out]], *, max_batch: int, max_wait_s: float, name: str = "batcher"
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._run = run
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self._pending: deque[_Pending[In, Out]] = deque()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._ids = itertools.count(1)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, values: Sequence[In]) -> list[Future[tuple[Out, BatchInfo]]]:
+        """Queue values for the model; each future resolves to (output, the batch it ran in)."""
+        now = time.monotonic()
+        pending = [_Pending[In, Out](v, Future(), now) for v in values]
+        with self._cond:
+            if self._stopped:
+                raise RuntimeError("batcher is stopped")
+            self._pending.extend(pending)
+            self._cond.notify()
+        return [p.future for p in pending]
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join(timeout=30)
+
+    def _take(self) -> list[_Pending[In, Out]] | None:
+        with self._cond:
+            while not self._pending and not self._stopped:
+                self._cond.wait()
+            if not self._pending:
+                return None
+            deadline = self._pending[0].since + self.max_wait_s
+            while len(self._pending) < self.max_batch and not self._stopped:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
+
+    def _loop(self) -> None:
+        while (batch := self._take()) is not None:
+            start = time.monotonic()
+            try:
+                outputs = self._run([p.value for p in batch])
+                if len(outputs) != len(batch):
+                    raise RuntimeError(f"model returned {len(outputs)} outputs for {len(batch)} inputs")
+            except Exception as exc:  # the waiting messages decide what a failed batch means
+                log.exception("batch of %d failed", len(batch))
+                for p in batch:
+                    p.future.set_exception(exc)
+                continue
+            info = BatchInfo(
+                next(self._ids), len(batch), (start - batch[0].since) * 1000, (time.monotonic() - start) * 1000
+            )
+            for p, out in zip(batch, outputs, strict=True):
+                p.future.set_result((out, info))
+        for p in self._pending:
+            p.future.set_exception(RuntimeError("batcher stopped"))

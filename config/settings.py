@@ -78,6 +78,10 @@ class Settings:
     )
     result_ttl_s: int = _field(7 * 24 * 3600, "Seconds jobs, results and their images are kept.", minimum=1)
 
+    review_threshold: float = _field(
+        0.8, "Results less confident than this are marked for review (`producer review`).", minimum=0.0
+    )
+
     # Training
     data_root: str = _field(
         "~/.cache/inkq/mnist", "MNIST in torchvision's layout; downloaded there when missing and online."
@@ -88,6 +92,31 @@ class Settings:
     learning_rate: float = _field(0.08, "Peak learning rate of the one-cycle schedule.", minimum=0.0)
     seed: int = _field(0, "Seed for data split, initialisation and augmentation.", minimum=0)
     val_size: int = _field(2000, "Training images held out for validation and model selection.", minimum=1)
+
+    # Fine-tuning on labelled samples (`trainer retrain`, `trainer watch`)
+    retrain_epochs: int = _field(8, "Epochs over new labels plus replay in one retrain.", minimum=1)
+    retrain_learning_rate: float = _field(0.01, "Peak learning rate of a retrain.", minimum=0.0)
+    replay_ratio: float = _field(
+        2.0, "Base-data images replayed per new label, so the model does not forget MNIST.", minimum=0.0
+    )
+    holdout_fraction: float = _field(
+        0.2, "Share of labelled samples held out (by content hash) to judge candidates.", minimum=0.0
+    )
+    promote_min_gain: float = _field(
+        0.0, "A candidate must beat the current model on held-out labels by more than this.", minimum=0.0
+    )
+    base_tolerance: float = _field(
+        0.002, "A candidate may lose at most this much accuracy on the held-out base set.", minimum=0.0
+    )
+    watch_min_labels: int = _field(
+        100, "`trainer watch` retrains as soon as this many labels arrived since its last run.", minimum=1
+    )
+    watch_interval_s: int = _field(
+        600, "`trainer watch` also retrains this many seconds after its last run when any label arrived.", minimum=1
+    )
+    lock_ttl_s: int = _field(
+        60, "Retrain lock lifetime; renewed while a run lives, so a crashed run frees it.", minimum=5
+    )
 
     def replace(self, **overrides: Any) -> Settings:
         """A copy with the non-None overrides applied (CLI options pass None when not given)."""

@@ -19,11 +19,13 @@ from typing import Any
 from config.errors import ImageError, InkqError
 from config.settings import Settings, load_settings
 from producer.files import Found, find_images
+from producer.labelling import Candidate, LabelError, parse_label, validate
 from recognizer import scan
 from storage import queue
 from storage.connection import connect
 from storage.jobs import Jobs, JobStatus
 from storage.keys import Keys
+from storage.labels import Labels
 
 # Images are read, hashed and stored in groups this size: one Redis round trip per group.
 STORE_GROUP = 256
@@ -55,6 +57,7 @@ class Client:
         self.redis = connect(self.settings.redis_url)
         self.jobs = Jobs(self.redis, self.keys, self.settings.result_ttl_s)
         self.app = queue.make_app(self.settings)
+        self.labels = Labels(self.redis, self.keys)
 
     def submit(
         self,
@@ -143,6 +146,57 @@ class Client:
             time.sleep(delay)  # the queue drains at the workers' pace; nothing to block on
             delay = min(delay * 2, 1.0)
 
+    # Labels
+    def label(self, candidates: list[Candidate], source: str) -> int:
+        """Validate every candidate, then store them all in one transaction; returns how many."""
+        return self.labels.add(validate(candidates, self.settings), source)
+
+    def correct(self, job: str, item: str, label: str) -> dict[str, Any]:
+        """Turn a result into a labelled sample: ``item`` is its path as submitted, or its index."""
+        target = parse_label_or_raise(label)
+        rows = self.jobs.results(job)
+        index = next((i for i, r in enumerate(rows) if r["item"] == item), None)
+        if index is None and item.isdigit() and int(item) < len(rows):
+            index = int(item)
+        if index is None:
+            raise LabelError(f"job {job} has no result for item {item!r}")
+        row = rows[index]
+        (data,) = self.jobs.fetch_images([row["digest"]])
+        if data is None:
+            raise LabelError(f"the image of {item!r} has expired (INKQ_RESULT_TTL_S); label it from its file")
+        self.labels.add([(row["digest"], data, target, row["item"])], source=f"correction:{job}")
+        self.jobs.unmark_review(job, index)
+        return {"job": job, "item": row["item"], "label": target, "was": row["label"]}
+
+    def review(self, job: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Results marked for review (low confidence) whose image nobody has labelled yet."""
+        out = []
+        for owner, index in self.jobs.review_entries(job, limit):
+            row = self.jobs.result(owner, index)
+            if row is None or self.labels.has(row["digest"]):
+                self.jobs.unmark_review(owner, index)
+                continue
+            out.append(
+                {"job": owner, "index": index} | {k: row[k] for k in ("item", "digest", "label", "confidence", "top3")}
+            )
+        return out
+
+    def export_review(self, rows: list[dict[str, Any]], folder: Path) -> Path:
+        """Write each row's image into ``folder`` and a ``labels.csv`` prefilled with the predicted
+        labels, for a person to correct and feed back with ``producer label --csv``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        images = self.jobs.fetch_images([r["digest"] for r in rows])
+        lines = ["path,label"]
+        for row, data in zip(rows, images, strict=True):
+            if data is None:
+                continue
+            name = f"{row['job']}-{row['index']:06d}{Path(row['item']).suffix.lower() or '.png'}"
+            (folder / name).write_bytes(data)
+            lines.append(f"{name},{row['label']}")
+        sheet = folder / "labels.csv"
+        sheet.write_text("\n".join(lines) + "\n")
+        return sheet
+
     def status(self, job: str) -> JobStatus:
         return self.jobs.status(job)
 
@@ -151,6 +205,13 @@ class Client:
 
     def results(self, job: str) -> list[dict[str, Any]]:
         return self.jobs.results(job)
+
+
+def parse_label_or_raise(raw: str) -> int:
+    try:
+        return parse_label(raw)
+    except ValueError as exc:
+        raise LabelError(str(exc)) from exc
 
 
 def count_candidates(paths: Iterable[str]) -> int:

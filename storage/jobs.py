@@ -23,10 +23,11 @@ from storage.keys import Keys
 from storage.registry import text
 
 _WRITE_RESULTS = """
-local now, ttl = ARGV[1], tonumber(ARGV[2])
+local now, ttl, review = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 for i = 0, #KEYS / 4 - 1 do
   local job, results, failed, finished = KEYS[4*i+1], KEYS[4*i+2], KEYS[4*i+3], KEYS[4*i+4]
-  local index, body, is_failed = ARGV[3*i+3], ARGV[3*i+4], ARGV[3*i+5]
+  local a = 4 + 5 * i
+  local index, body, is_failed, for_review, member = ARGV[a], ARGV[a+1], ARGV[a+2], ARGV[a+3], ARGV[a+4]
   if redis.call('EXISTS', job) == 1 then
     local fresh = redis.call('HSET', results, index, body)
     if fresh == 1 then redis.call('HINCRBY', job, 'done', 1) end
@@ -35,6 +36,7 @@ for i = 0, #KEYS / 4 - 1 do
     elseif redis.call('SREM', failed, index) == 1 then
       redis.call('HINCRBY', job, 'failed', -1)
     end
+    if for_review == '1' then redis.call('ZADD', review, now, member) end
     redis.call('EXPIRE', results, ttl)
     redis.call('EXPIRE', failed, ttl)
     if fresh == 1 and redis.call('HGET', job, 'done') == redis.call('HGET', job, 'total') then
@@ -88,6 +90,10 @@ class ItemResult:
     @property
     def failed(self) -> bool:
         return self.body.get("error") is not None
+
+    @property
+    def review(self) -> bool:
+        return bool(self.body.get("review"))
 
 
 class Jobs:
@@ -174,7 +180,7 @@ class Jobs:
     def write_results(self, results: Iterable[ItemResult]) -> int:
         """Write a batch of results in one round trip; idempotent per (job, index)."""
         keys: list[str] = []
-        args: list[Any] = [time.time(), self.ttl_s]
+        args: list[Any] = [time.time(), self.ttl_s, self.keys.review]
         for r in results:
             keys += [
                 self.keys.job(r.job),
@@ -182,10 +188,41 @@ class Jobs:
                 self.keys.job_failed(r.job),
                 self.keys.job_finished(r.job),
             ]
-            args += [r.index, json.dumps(r.body, separators=(",", ":")), 1 if r.failed else 0]
+            args += [
+                r.index,
+                json.dumps(r.body, separators=(",", ":")),
+                int(r.failed),
+                int(r.review),
+                f"{r.job}:{r.index}",
+            ]
         if not keys:
             return 0
         return int(self._write(keys=keys, args=args))
+
+    def result(self, job: str, index: int) -> dict[str, Any] | None:
+        raw = self.redis.hget(self.keys.job_results(job), str(index))
+        return None if raw is None else json.loads(raw)
+
+    def review_entries(self, job: str | None = None, limit: int = 1000) -> list[tuple[str, int]]:
+        """(job, index) of results marked for review, oldest first; entries of expired jobs are dropped."""
+        members = [text(m) for m in self.redis.zrange(self.keys.review, 0, -1)]
+        out, gone = [], []
+        for member in members:
+            owner, _, index = member.rpartition(":")
+            if job is not None and owner != job:
+                continue
+            if not self.redis.exists(self.keys.job(owner)):
+                gone.append(member)
+                continue
+            out.append((owner, int(index)))
+            if len(out) >= limit:
+                break
+        if gone:
+            self.redis.zrem(self.keys.review, *gone)
+        return out
+
+    def unmark_review(self, job: str, index: int) -> None:
+        self.redis.zrem(self.keys.review, f"{job}:{index}")
 
     def results(self, job: str) -> list[dict[str, Any]]:
         """Every result written so far, in item order."""

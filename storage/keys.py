@@ -75,3 +75,51 @@ class Keys:
 
     def queue_list(self, queue: str) -> str:
         return self.broker_prefix + queue
+
+    # Labelled samples: durable, never expire
+    def label_image(self, digest: str) -> str:
+        return self._k("label", "image", digest)
+
+    @property
+    def labels(self) -> str:
+        """Hash: digest -> JSON {label, source, path, time, seq}."""
+        return self._k("labels")
+
+    @property
+    def labels_log(self) -> str:
+        """Sorted set: digest -> arrival sequence number (a relabel moves it to the end)."""
+        return self._k("labels", "log")
+
+    @property
+    def labels_sequence(self) -> str:
+        return self._k("labels", "seq")
+
+    @property
+    def labels_used(self) -> str:
+        """Sequence number up to which labels are in a promoted model."""
+        return self._k("labels", "used")
+
+    @property
+    def labels_tried(self) -> str:
+        """Sequence number up to which labels were seen by a retrain, promoted or not."""
+        return self._k("labels", "tried")
+
+    # Review queue: low-confidence results waiting for a person
+    @property
+    def review(self) -> str:
+        """Sorted set: "job:index" -> time marked."""
+        return self._k("review")
+
+    # Retraining
+    @property
+    def retrain_lock(self) -> str:
+        return self._k("retrain", "lock")
+
+    @property
+    def retrain_last(self) -> str:
+        """Time of the last retrain by `trainer watch`."""
+        return self._k("retrain", "last")
+
+    def worker_stats(self, hostname: str) -> str:
+        """Hash of a worker's running totals: messages, items, milliseconds per stage."""
+        return self._k("worker", hostname, "stats")

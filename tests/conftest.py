@@ -6,14 +6,10 @@ are skipped on a developer's machine but fail under CI=true, where a skip would 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,8 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-
-from storage.registry import text
 
 ROOT = Path(__file__).resolve().parents[1]
 # The installed console scripts (`producer`, `trainer`), beside the Python running the tests.
@@ -38,85 +32,28 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisServer:
-    """A throwaway redis-server process; ``url`` points at database 0."""
-
-    def __init__(self, binary: str, workdir: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(workdir),
-                "--loglevel",
-                "notice",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        # Ready when the server says so; a timer kills it if it never does.
-        timer = threading.Timer(20, self.process.kill)
-        timer.start()
-        try:
-            assert self.process.stdout is not None
-            for line in self.process.stdout:
-                if "Ready to accept connections" in line:
-                    break
-            else:
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
-        finally:
-            timer.cancel()
-        threading.Thread(target=self.process.stdout.read, daemon=True).start()  # keep the pipe drained
-        redis.Redis(port=self.port).ping()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    binary = shutil.which("redis-server")
-    if binary is None:
+def redis_server() -> Iterator[str]:
+    """A private redis-server on a free port for the whole session; its URL."""
+    from config import StoreUnavailableError
+    from producer.local import local_redis
+
+    if shutil.which("redis-server") is None:
         unavailable("redis-server is not installed")
-    assert binary is not None
-    with tempfile.TemporaryDirectory() as workdir:
-        try:
-            server = RedisServer(binary, Path(workdir))
-        except RuntimeError as exc:
-            unavailable(str(exc))
-            raise
-        yield server
-        server.stop()
+    try:
+        with local_redis() as url:
+            yield url
+    except StoreUnavailableError as exc:
+        unavailable(str(exc))
 
 
 @pytest.fixture()
-def redis_url(redis_server: RedisServer) -> str:
+def redis_url(redis_server: str) -> str:
     """A clean database for each test."""
-    client = redis.Redis.from_url(redis_server.url)
+    client = redis.Redis.from_url(redis_server)
     client.flushall()
     client.close()
-    return redis_server.url
+    return redis_server
 
 
 @pytest.fixture(scope="session")
@@ -163,60 +100,29 @@ class WorkerProcess:
     def __init__(
         self, env: dict[str, str], name: str, log: Path, settings: dict[str, str], timeout: float = 240
     ) -> None:
+        from config import InkqError
+        from producer.local import start_worker
+
         self.name = f"{name}@{socket.gethostname()}"
         self.log_path = log
         self.env = env | {f"INKQ_{k.upper()}": str(v) for k, v in settings.items()}
-        self.client = redis.Redis.from_url(self.env["INKQ_REDIS_URL"])
-        self._log = log.open("w")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker",
-                "worker",
-                "-n",
-                self.name,
-                "--loglevel",
-                "info",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        ready_key = f"{self.env.get('INKQ_KEY_PREFIX', 'inkq')}:workers:ready"
-        deadline = time.monotonic() + timeout
-        while True:
-            got = self.client.blpop([ready_key], timeout=1)
-            if got is not None and text(got[1]) == self.name:
-                break
-            if got is not None:
-                self.client.rpush(ready_key, got[1])  # another worker's announcement: leave it
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"worker {self.name} did not become ready:\n{self.log()}")
+        try:
+            self.process = start_worker(self.env, self.name, log, timeout=timeout)
+        except InkqError as exc:
+            pytest.fail(str(exc))
 
     def log(self) -> str:
         return self.log_path.read_text()[-6000:]
 
     def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(30)
+        from producer.local import stop
+
+        stop(self.process, kill=True)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self._log.close()
-        self.client.close()
+        from producer.local import stop
+
+        stop(self.process)
 
 
 @pytest.fixture(scope="session")
@@ -225,8 +131,9 @@ def small_model(mnist_root: Path) -> tuple[bytes, dict[str, object]]:
     import torch
 
     from recognizer import artifact, network, scan
+    from recognizer.engine import bf16_capable
     from trainer.data import load_split, split_validation
-    from trainer.training import TrainConfig, bf16_supported, fit
+    from trainer.training import TrainConfig, fit
 
     data, fingerprint = load_split(mnist_root, train=True, limit=4000)
     train, val = split_validation(data, 500, seed=0)
@@ -236,7 +143,9 @@ def small_model(mnist_root: Path) -> tuple[bytes, dict[str, object]]:
         model,
         train,
         val,
-        TrainConfig(epochs=2, learning_rate=0.05, bf16=bf16_supported(), progress=False, ema_decay=0.9),
+        TrainConfig(
+            epochs=2, learning_rate=0.05, bf16=bf16_capable(torch.device("cpu")), progress=False, ema_decay=0.9
+        ),
     )
     meta = {
         "arch": dict(network.DEFAULT_ARCH),

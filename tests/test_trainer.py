@@ -78,3 +78,37 @@ def test_errors_are_one_clear_line(env: dict[str, str], tmp_path: Path) -> None:
     assert missing.returncode == 1 and "no current model" in missing.stderr
     empty = trainer(env, "versions")
     assert empty.returncode == 0 and "no model versions yet" in empty.stdout
+
+
+def test_torchrun_data_parallel_training(env: dict[str, str], mnist_root: Path) -> None:
+    """Two processes under torchrun (Gloo on the CPU): each trains a shard, rank 0 publishes once."""
+    run = subprocess.run(
+        [
+            str(BIN / "torchrun"),
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "trainer.cli",
+            "train",
+            "--data-root",
+            str(mnist_root),
+            "--epochs",
+            "1",
+            "--limit",
+            "800",
+            "--test-limit",
+            "100",
+            "--json",
+        ],
+        env=env | {"OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    published = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert [p.get("version") for p in published if p.get("version")] == ["v1"]
+    listed = json.loads(trainer(env, "versions", "--json").stdout)
+    assert [v["version"] for v in listed["versions"]] == ["v1"]
+    assert listed["versions"][0]["training"]["world_size"] == 2

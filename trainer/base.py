@@ -12,10 +12,11 @@ import torch
 
 from config.settings import Settings
 from recognizer import artifact, network, scan
-from recognizer.engine import engine_for
+from recognizer.engine import bf16_capable, engine_for
 from storage.registry import Registry, VersionInfo
 from trainer.data import load_split, split_validation
-from trainer.training import TrainConfig, bf16_supported, fit, normalize, predict_logits
+from trainer.distributed import setup, teardown
+from trainer.training import TrainConfig, fit, normalize, predict_logits
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 def bf16_agreement(model: torch.nn.Module, images: torch.Tensor) -> float:
     """Share of images on which the bf16 copy of ``model`` predicts what fp32 predicts."""
     fp32 = predict_logits(model, images).argmax(1)
-    bf16 = predict_logits(copy.deepcopy(model).to(torch.bfloat16), images.to(torch.bfloat16)).argmax(1)
+    bf16 = predict_logits(copy.deepcopy(model).to(torch.bfloat16), images).argmax(1)
     return float((fp32 == bf16).float().mean())
 
 
@@ -35,7 +36,7 @@ def train_base(
     test_limit: int | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    world = setup(settings.device)
     root = settings.path("data_root")
     full, fingerprint = load_split(root, train=True, limit=limit)
     # Smoke runs on a few hundred images still get a validation split a fifth of their size.
@@ -48,11 +49,21 @@ def train_base(
         batch_size=settings.batch_size,
         learning_rate=settings.learning_rate,
         seed=settings.seed,
-        bf16=bf16_supported(),
-        progress=progress,
+        bf16=bf16_capable(world.device),
+        progress=progress and world.main,
     )
-    log.info("training on %d images, validating on %d (%s)", len(train), len(val), fingerprint)
-    result = fit(model, train, val, config)
+    log.info(
+        "training on %d images, validating on %d (%s), %d process(es) on %s",
+        len(train),
+        len(val),
+        fingerprint,
+        world.size,
+        world.device,
+    )
+    result = fit(model, train, val, config, world)
+    teardown(world)
+    if not world.main:
+        return {"rank": world.rank, "val_accuracy": result.val_accuracy}
 
     # The test split is read once, here, after model selection: the reported figure.
     test, test_fingerprint = load_split(root, train=False, limit=test_limit)
@@ -81,6 +92,7 @@ def train_base(
                 "best_epoch": result.best_epoch,
                 "seconds": result.seconds,
                 "train_n": len(train),
+                "world_size": world.size,
                 "val_n": len(val),
                 "test_fingerprint": test_fingerprint,
                 "history": result.history,

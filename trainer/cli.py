@@ -11,11 +11,16 @@ from config.cli import Group, emit_json, setup
 from config.settings import Settings, env_var
 from storage.connection import connect
 from storage.keys import Keys
+from storage.labels import Labels
 from storage.registry import Registry
 
 
 def _registry(settings: Settings) -> Registry:
     return Registry(connect(settings.redis_url), Keys(settings.key_prefix))
+
+
+def _labels(registry: Registry) -> Labels:
+    return Labels(registry.redis, registry.keys)
 
 
 @click.group(cls=Group)
@@ -85,6 +90,8 @@ def train(
     registry = _registry(settings)  # fail before training, not after, when Redis is down
     show = sys.stderr.isatty() if progress is None else progress
     summary = train_base(settings, registry, limit=limit, test_limit=test_limit, progress=show)
+    if "rank" in summary:  # a torchrun worker rank: rank 0 reports for everyone
+        return
     if as_json:
         emit_json(summary)
     else:
@@ -169,6 +176,94 @@ def versions(settings: Settings, as_json: bool) -> None:
             f"test {'-' if test is None else f'{test:.4%}'}  val {'-' if val is None else f'{val:.4%}'}  "
             f"parent {info.parent or '-'}"
         )
+
+
+@cli.command()
+@click.option(
+    "--data-root",
+    envvar=env_var("data_root"),
+    show_envvar=True,
+    type=click.Path(file_okay=False),
+    help="MNIST, for the replay sample and the base held-out set.",
+)
+@click.option("--epochs", envvar=env_var("retrain_epochs"), show_envvar=True, type=int)
+@click.option("--progress/--no-progress", envvar="INKQ_PROGRESS", show_envvar=True, default=None)
+@click.option("--json", "as_json", is_flag=True, envvar="INKQ_JSON", show_envvar=True)
+@click.pass_obj
+def retrain(
+    settings: Settings, data_root: str | None, epochs: int | None, progress: bool | None, as_json: bool
+) -> None:
+    """Fine-tune the current model on new labels; promote the candidate only if it is better."""
+    from trainer import retrain as retraining
+
+    settings = settings.replace(data_root=data_root, retrain_epochs=epochs)
+    registry = _registry(settings)
+    show = sys.stderr.isatty() if progress is None else progress
+    summary = retraining.retrain(settings, registry, _labels(registry), progress=show)
+    if "rank" in summary:  # a torchrun worker rank: rank 0 reports for everyone
+        return
+    if as_json:
+        emit_json(summary)
+    elif summary["version"] is None:
+        click.echo(f"nothing to do: {summary['reason']}")
+    else:
+        verdict = "promoted" if summary["promoted"] else "rejected"
+        click.echo(f"{summary['version']} {verdict}: {summary['reason']}")
+
+
+@cli.command()
+@click.option("--data-root", envvar=env_var("data_root"), show_envvar=True, type=click.Path(file_okay=False))
+@click.option("--min-labels", envvar=env_var("watch_min_labels"), show_envvar=True, type=int)
+@click.option(
+    "--interval",
+    "interval_s",
+    envvar=env_var("watch_interval_s"),
+    show_envvar=True,
+    type=int,
+    help="Seconds after the last run to retrain when any label arrived.",
+)
+@click.option(
+    "--poll",
+    "poll_s",
+    envvar="INKQ_WATCH_POLL_S",
+    show_envvar=True,
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds between checks.",
+)
+@click.option(
+    "--once",
+    is_flag=True,
+    envvar="INKQ_WATCH_ONCE",
+    show_envvar=True,
+    help="Check once, retrain if due, and exit (for cron).",
+)
+@click.pass_obj
+def watch(
+    settings: Settings, data_root: str | None, min_labels: int | None, interval_s: int | None, poll_s: float, once: bool
+) -> None:
+    """Run as a service: retrain when enough labels arrived, or periodically when any have."""
+    from trainer import retrain as retraining
+
+    settings = settings.replace(data_root=data_root, watch_min_labels=min_labels, watch_interval_s=interval_s)
+    registry = _registry(settings)
+    for outcome in retraining.watch(settings, registry, _labels(registry), once=once, poll_s=poll_s):
+        emit_json(outcome)
+
+
+@cli.command()
+@click.argument("version", required=False)
+@click.pass_obj
+def rollback(settings: Settings, version: str | None) -> None:
+    """Point the current model back at VERSION (default: the current version's parent)."""
+    registry = _registry(settings)
+    current = registry.info()
+    target = version or current.parent
+    if not target:
+        raise click.ClickException(f"{current.version} has no parent to roll back to; name a version")
+    registry.set_current(target)
+    click.echo(f"current model: {target} (was {current.version})")
 
 
 def main() -> None:

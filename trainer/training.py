@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from recognizer import scan
 from trainer.data import Split
+from trainer.distributed import World
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ class TrainConfig:
     ema_decay: float = 0.998
     bf16: bool = False
     progress: bool = True
+    # Pick the best epoch on the validation split; otherwise keep the last epoch's weights and
+    # use the validation split only to calibrate (fine-tuning judges candidates elsewhere).
+    select: bool = True
 
 
 @dataclass
@@ -46,11 +50,6 @@ class TrainResult:
     best_epoch: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-def bf16_supported() -> bool:
-    """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 / AMX)."""
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -87,9 +86,15 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Eager fp32 logits for prepared [0, 1] images."""
+    """Eager logits (float32, on the CPU) for prepared [0, 1] images, on the model's device and dtype."""
     model.eval()
-    return torch.cat([model(normalize(images[i : i + batch_size])).float() for i in range(0, len(images), batch_size)])
+    param = next(model.parameters())
+    return torch.cat(
+        [
+            model(normalize(images[i : i + batch_size]).to(param.device, param.dtype)).float().cpu()
+            for i in range(0, len(images), batch_size)
+        ]
+    )
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -107,11 +112,25 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
-def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig) -> TrainResult:
-    """Train ``model`` in place; returns the best EMA weights by validation accuracy."""
+def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, world: World | None = None) -> TrainResult:
+    """Train ``model`` in place; returns the best EMA weights by validation accuracy (or the last
+    ones, with ``select=False``), loaded into ``model``.
+
+    Under torchrun (``world`` of several ranks) each rank trains on its own shard of every epoch
+    through DistributedDataParallel; the ranks' weights stay identical, and so do their choices.
+    """
+    world = world or World()
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed + 1)
+    # One process: one stream for order and augmentation. Several: the same order everywhere
+    # (each rank takes its stride of it), but different augmentations per rank.
+    augment_gen = generator if not world.distributed else torch.Generator().manual_seed(cfg.seed + 7919 * world.rank)
+    model.to(world.device)
+    net: nn.Module = model
+    if world.distributed:
+        ids = [world.device.index] if world.device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for p in model.parameters():
@@ -122,7 +141,7 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig) -> TrainRe
         momentum=0.9,
         nesterov=True,
     )
-    steps_per_epoch = max(1, len(train) // cfg.batch_size)
+    steps_per_epoch = max(1, len(train) // (cfg.batch_size * world.size))
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.learning_rate, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, pct_start=0.2
     )
@@ -135,13 +154,14 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig) -> TrainRe
     bar = tqdm(total=cfg.epochs * steps_per_epoch, disable=not cfg.progress, unit="batch", dynamic_ncols=True)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        order = torch.randperm(len(train), generator=generator)
+        order = torch.randperm(len(train), generator=generator)[world.rank :: world.size]
         running = 0.0
         for step in range(steps_per_epoch):
             index = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            images = normalize(augment(train.images[index], generator))
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss = F.cross_entropy(model(images), train.labels[index], label_smoothing=cfg.label_smoothing)
+            images = normalize(augment(train.images[index], augment_gen)).to(world.device, non_blocking=True)
+            targets = train.labels[index].to(world.device, non_blocking=True)
+            with torch.autocast(world.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss = F.cross_entropy(net(images), targets, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -150,6 +170,8 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig) -> TrainRe
             running += float(loss.detach())
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{running / (step + 1):.4f}")
+        if not cfg.select and epoch < cfg.epochs:
+            continue
         logits = predict_logits(ema.module, val.images)
         val_loss = float(F.cross_entropy(logits, val.labels))
         val_acc = float((logits.argmax(1) == val.labels).float().mean())
@@ -164,7 +186,7 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig) -> TrainRe
             val_acc,
         )
         bar.write(f"epoch {epoch}: val accuracy {val_acc:.4f}, val loss {val_loss:.4f}")
-        if (val_acc, -val_loss) > (best[0], -best[1]):
+        if not cfg.select or (val_acc, -val_loss) > (best[0], -best[1]):
             best, best_epoch = (val_acc, val_loss), epoch
             best_state = copy.deepcopy(ema.module.state_dict())
     bar.close()

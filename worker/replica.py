@@ -1,12 +1,20 @@
-"""One model replica per worker process: loads the current version once, warms it, serves batches.
+"""One model replica per worker process: loads the current version once, warms it, serves batches,
+and switches to a newly promoted version without dropping a request.
 
 ``handle`` is what a message turns into: fetch the images of its items, preprocess each (a bad
 image fails that item only), run the good ones through the shared batcher, and write every
 item's result in one round trip. Only then does the task return and Celery acknowledge.
+
+Hot swap: a watcher thread hears of new current versions (pub/sub, and a periodic check in
+case a message was missed), builds and warms a new engine beside the serving one, and swaps
+the reference; the batcher reads it once per batch, so the switch lands on a batch boundary
+and every result records the version that made it. A version that fails to load or warm is
+logged and never switched to.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -22,16 +30,18 @@ import torch
 from config.errors import ImageError
 from config.settings import Settings
 from recognizer import scan
-from recognizer.engine import Prediction, engine_for
+from recognizer.engine import Engine, Prediction, engine_for
 from storage.connection import connect
 from storage.jobs import ItemResult, Jobs
 from storage.keys import Keys
-from storage.registry import Registry
+from storage.registry import Registry, text
 from worker.batcher import Batcher, BatchInfo
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 5.0
+# How often the watcher asks the registry directly, in case a pub/sub message was missed.
+VERSION_CHECK_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -48,28 +58,35 @@ class Replica:
         self.jobs = Jobs(self.redis, self.keys, settings.result_ttl_s)
         self.registry = Registry(self.redis, self.keys)
         self.hostname = socket.gethostname()
-        info, weights = self.registry.weights()
-        self.engine = engine_for(info, weights, settings)
-        warm_s = self.engine.warm()
-        log.info("model %s ready: %s (warmed in %.1fs)", info.version, self.engine.describe(), warm_s)
-        self.warm_s = warm_s
+        self.engine = self._build(None)
+        self.warm_s = self.engine.warm_seconds
         max_batch = min(settings.max_batch, self.engine.max_batch)
         self.batcher: Batcher[np.ndarray, Served] = Batcher(
             self._run, max_batch=max_batch, max_wait_s=settings.max_wait_ms / 1000, name="inkq-model"
         )
         self.items_served = 0
+        self.refused: dict[str, str] = {}  # versions that failed to load or warm, and why
         self._stop = threading.Event()
-        self._heartbeat: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+
+    def _build(self, version: str | None) -> Engine:
+        info, weights = self.registry.weights(version)
+        engine = engine_for(info, weights, self.settings)
+        engine.warm()
+        log.info("model %s ready: %s (warmed in %.1fs)", info.version, engine.describe(), engine.warm_seconds)
+        return engine
 
     def _run(self, inputs: list[np.ndarray]) -> list[Served]:
-        engine = self.engine  # one engine per batch: a swap takes effect at the batch boundary
+        engine = self.engine  # read once: a swap takes effect at the next batch
         with torch.inference_mode():
             predictions = engine.predict(torch.from_numpy(np.stack(inputs)))
         return [Served(p, engine.version) for p in predictions]
 
     def handle(self, job: str, items: list[list[Any]], sent_at: float, worker: str = "") -> int:
         received = time.time()
+        clock = [time.perf_counter()]
         blobs = self.jobs.fetch_images([str(digest) for _, digest, _ in items])
+        clock.append(time.perf_counter())
         results: list[ItemResult] = []
         ready: list[tuple[int, str, str, float]] = []
         inputs: list[np.ndarray] = []
@@ -81,58 +98,82 @@ class Replica:
                     raise ImageError("image bytes not found in Redis (expired after INKQ_RESULT_TTL_S, or lost)")
                 inputs.append(scan.preprocess(blob, **limits))
             except ImageError as exc:
-                results.append(ItemResult(job, int(index), self._body(path, digest, error=str(exc))))
+                results.append(ItemResult(job, int(index), _body(str(path), str(digest), error=str(exc))))
                 continue
             ready.append((int(index), str(digest), str(path), (time.perf_counter() - start) * 1000))
+        queue_ms = round((received - sent_at) * 1000, 3)
+        clock.append(time.perf_counter())
         for (index, digest, path, pre_ms), future in zip(ready, self.batcher.submit(inputs), strict=True):
             served, batch = future.result()
-            results.append(
-                ItemResult(
-                    job,
-                    index,
-                    self._body(
-                        path,
-                        digest,
-                        served=served,
-                        batch=batch,
-                        worker=worker,
-                        timings={
-                            "queue_ms": round((received - sent_at) * 1000, 3),
-                            "preprocess_ms": round(pre_ms, 3),
-                            "batch_wait_ms": round(batch.waited_ms, 3),
-                            "model_ms": round(batch.run_ms, 3),
-                        },
-                    ),
-                )
-            )
+            timings = {
+                "queue_ms": queue_ms,
+                "preprocess_ms": round(pre_ms, 3),
+                "batch_wait_ms": round(batch.waited_ms, 3),
+                "model_ms": round(batch.run_ms, 3),
+            }
+            body = _body(path, digest, served=served, batch=batch, worker=worker, timings=timings)
+            body["review"] = served.prediction.confidence < self.settings.review_threshold
+            results.append(ItemResult(job, index, body))
+        clock.append(time.perf_counter())
         self.jobs.write_results(results)
+        clock.append(time.perf_counter())
         self.items_served += len(results)
+        self._record(len(results), queue_ms, clock)
         return len(results)
 
-    @staticmethod
-    def _body(
-        path: str,
-        digest: str,
-        *,
-        error: str | None = None,
-        served: Served | None = None,
-        batch: BatchInfo | None = None,
-        worker: str = "",
-        timings: dict[str, float] | None = None,
-    ) -> dict[str, Any]:
-        p = served.prediction if served else None
-        return {
-            "item": path,
-            "digest": digest,
-            "label": p.label if p else None,
-            "confidence": round(p.confidence, 6) if p else None,
-            "top3": [[label, round(conf, 6)] for label, conf in p.top3] if p else None,
-            "model_version": served.version if served else None,
-            "error": error,
-            "timings": timings or {},
-            "batch": {"id": batch.id, "size": batch.size} if batch else None,
-            "worker": worker or None,
-        }
+    def _record(self, items: int, queue_ms: float, clock: list[float]) -> None:
+        """Add this message's time per stage to the worker's running totals (for the benchmarks
+        and operators: where does the time go?)."""
+        stages = ("fetch", "preprocess", "batch_and_model", "write")
+        pipe = self.redis.pipeline(transaction=False)
+        key = self.keys.worker_stats(self.hostname)
+        pipe.hincrby(key, "messages", 1)
+        pipe.hincrby(key, "items", items)
+        pipe.hincrbyfloat(key, "queue_ms", queue_ms)
+        for stage, (a, b) in zip(stages, itertools.pairwise(clock), strict=True):
+            pipe.hincrbyfloat(key, f"{stage}_ms", (b - a) * 1000)
+        pipe.expire(key, 24 * 3600)
+        pipe.execute()
+
+    # Hot swap
+    def maybe_switch(self, version: str | None) -> bool:
+        """Build, warm and switch to ``version`` (default: the registry's current) if it is new."""
+        version = version or self.registry.current()
+        if not version or version == self.engine.version or version in self.refused:
+            return False
+        log.info("new current model %s: building it beside %s", version, self.engine.version)
+        try:
+            engine = self._build(version)
+        except Exception as exc:  # a corrupt or unloadable version must never stop serving
+            self.refused[version] = f"{type(exc).__name__}: {exc}"
+            log.error("not switching to model %s, still serving %s: %s", version, self.engine.version, exc)
+            self._beat()
+            return False
+        if self.registry.current() != version:
+            log.info("model %s is no longer current; staying on %s", version, self.engine.version)
+            return False
+        old, self.engine = self.engine, engine
+        log.info("switched from model %s to %s", old.version, engine.version)
+        self._beat()
+        return True
+
+    def _watch_versions(self) -> None:
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(self.keys.model_events)
+        last_check = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                message = pubsub.get_message(timeout=1.0)
+                announced = text(message["data"]) if message else None
+                if announced or time.monotonic() - last_check > VERSION_CHECK_S:
+                    last_check = time.monotonic()
+                    self.maybe_switch(announced)
+            except Exception:  # Redis blips: keep watching, keep serving
+                log.warning("model version watch failed; retrying", exc_info=True)
+                self._stop.wait(1.0)
+                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(self.keys.model_events)
+        pubsub.close()
 
     # Readiness, for operators and tests: a key per ready worker, kept alive by a heartbeat.
     def announce(self, hostname: str) -> None:
@@ -143,8 +184,10 @@ class Replica:
         pipe.ltrim(self.keys.workers_ready, -100, -1)
         pipe.expire(self.keys.workers_ready, 24 * 3600)
         pipe.execute()
-        self._heartbeat = threading.Thread(target=self._beat_forever, name="inkq-heartbeat", daemon=True)
-        self._heartbeat.start()
+        for target, name in ((self._beat_forever, "inkq-heartbeat"), (self._watch_versions, "inkq-versions")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def _beat(self) -> None:
         state = {
@@ -154,6 +197,7 @@ class Replica:
             "engine": self.engine.describe(),
             "warm_s": round(self.warm_s, 3),
             "items_served": self.items_served,
+            "refused": self.refused,
             "at": time.time(),
         }
         self.redis.set(self.keys.worker(self.hostname), json.dumps(state), ex=int(HEARTBEAT_S * 3))
@@ -168,7 +212,35 @@ class Replica:
     def close(self) -> None:
         self._stop.set()
         self.batcher.stop()
+        for thread in self._threads:
+            thread.join(timeout=5)
         try:
             self.redis.delete(self.keys.worker(self.hostname))
         except Exception:
             log.debug("could not remove worker key", exc_info=True)
+
+
+def _body(
+    path: str,
+    digest: str,
+    *,
+    error: str | None = None,
+    served: Served | None = None,
+    batch: BatchInfo | None = None,
+    worker: str = "",
+    timings: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    p = served.prediction if served else None
+    return {
+        "item": path,
+        "digest": digest,
+        "label": p.label if p else None,
+        "confidence": round(p.confidence, 6) if p else None,
+        "top3": [[label, round(conf, 6)] for label, conf in p.top3] if p else None,
+        "model_version": served.version if served else None,
+        "error": error,
+        "timings": timings or {},
+        "batch": {"id": batch.id, "size": batch.size} if batch else None,
+        "worker": worker or None,
+        "review": False,
+    }

@@ -1,0 +1,199 @@
+"""`python -m bench`: run the benchmarks, print the figures, write bench/results/.
+
+    python -m bench                  # everything at full size (about 15 minutes on 2 cores)
+    python -m bench --quick          # a smoke run: the same code paths at tiny sizes
+    python -m bench --part model     # only some parts: model, e2e, latency, start, retrain
+
+The model under test is the registry's current version at INKQ_REDIS_URL; the end-to-end parts
+copy it into a private Redis of their own and start real worker processes there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bench import common, model_only, pipeline, plots
+from config.settings import load_settings
+from trainer.data import load_raw
+
+PARTS = ("model", "e2e", "latency", "start", "retrain")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@click.command()
+@click.option(
+    "--quick",
+    is_flag=True,
+    envvar="INKQ_BENCH_QUICK",
+    show_envvar=True,
+    help="Smoke run: tiny sizes, the same code paths.",
+)
+@click.option(
+    "--part",
+    "parts",
+    multiple=True,
+    type=click.Choice(PARTS),
+    envvar="INKQ_BENCH_PARTS",
+    show_envvar=True,
+    help="Run only these parts (repeatable). Default: all.",
+)
+@click.option(
+    "--images",
+    type=click.IntRange(min=10),
+    envvar="INKQ_BENCH_IMAGES",
+    show_envvar=True,
+    help="Files for the end-to-end run (default 10,000; 200 with --quick).",
+)
+@click.option("--data-root", envvar="INKQ_DATA_ROOT", show_envvar=True, type=click.Path(file_okay=False))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=RESULTS,
+    show_default=True,
+    envvar="INKQ_BENCH_OUT",
+    show_envvar=True,
+    help="Folder for latest.json and the plots.",
+)
+def main(quick: bool, parts: tuple[str, ...], images: int | None, data_root: str | None, out: Path) -> None:
+    """Benchmark inkq side by side with its baselines; every goal is a ratio from this one run."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    settings = load_settings().replace(data_root=data_root)
+    selected = parts or PARTS
+    result: dict[str, Any] = {"machine": common.machine(), "quick": quick, "started": time.time()}
+    info, weights = common.current_model(settings)
+    result["model_version"] = info.version
+    root = settings.path("data_root")
+
+    if "model" in selected:
+        figures = model_only.run(
+            info,
+            weights,
+            root,
+            buckets=(1, 8) if quick else (1, 8, 32, 64, 128, 256),
+            rounds=1 if quick else 3,
+            min_seconds=0.2 if quick else 1.5,
+            agreement_n=256 if quick else None,
+            cache_dir=settings.path("compile_cache_dir"),
+        )
+        click.echo(model_only.report(figures))
+        result |= figures
+
+    pipeline_parts = [p for p in ("e2e", "latency", "start", "retrain") if p in selected]
+    if pipeline_parts:
+        test_images, test_labels = load_raw(root, train=False)
+        n = images or (200 if quick else 10_000)
+        # Quick runs serve eager with small batches: seconds, not the minutes compiling takes.
+        overrides = {"compile": "false", "buckets": "1,8", "max_batch": "8"} if quick else {}
+        with (
+            tempfile.TemporaryDirectory(prefix="inkq-bench-") as tmp,
+            pipeline.stack(info, weights, Path(tmp), **overrides) as s,
+        ):
+            work = Path(tmp)
+            truth = pipeline.write_digits(work / "digits", test_images[:n], test_labels[:n])
+            if "e2e" in pipeline_parts:
+                result["e2e"] = pipeline.end_to_end(s, work / "digits", truth)
+                result["naive"] = pipeline.naive_baseline(s, work / "digits", truth, 40 if quick else 1000)
+                click.echo(report_e2e(result))
+            if "latency" in pipeline_parts:
+                files = sorted(truth)[:200]
+                runs = {
+                    "light": pipeline.latency(s, files, rate=20 if quick else 10, count=10 if quick else 100),
+                    "heavy": pipeline.latency(
+                        s, files, rate=100 if quick else 400, count=50 if quick else 2000, threads=2 if quick else 4
+                    ),
+                }
+                for wait_ms in (1, 20) if quick else (1, 5, 20):
+                    runs[f"light, max wait {wait_ms} ms"] = pipeline.latency(
+                        s, files, rate=20 if quick else 10, count=10 if quick else 40, max_wait_ms=str(wait_ms)
+                    )
+                result["latency_runs"] = runs
+                result["latency_ms"] = {k: runs["light"][k] for k in ("p50", "p95", "p99")}
+                result["latency_ms_heavy"] = {k: runs["heavy"][k] for k in ("p50", "p95", "p99")}
+                click.echo(report_latency(runs))
+            if "start" in pipeline_parts:
+                result["worker_start_s"] = pipeline.worker_start(s, work / "compile-cache")
+                click.echo(
+                    f"worker start: cold {result['worker_start_s']['cold']:.1f}s, "
+                    f"warm {result['worker_start_s']['warm']:.1f}s"
+                )
+            if "retrain" in pipeline_parts:
+                train_images, train_labels = load_raw(root, train=True)
+                count = 40 if quick else 1000
+                cost = pipeline.retrain_cost(
+                    s, train_images[:count], train_labels[:count], root, epochs=1 if quick else settings.retrain_epochs
+                )
+                result["retrain"] = cost
+                result["retrain_s"] = cost["seconds"]
+                click.echo(f"retrain: {cost['seconds']:.1f}s for {count} new labels plus {cost['replay']} replayed")
+
+    result["seconds"] = time.time() - result["started"]
+    result["goals"] = goals(result)
+    for line in result["goals"]:
+        click.echo(line)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    plots.throughput(result, out / "throughput.png")
+    plots.latency(result, out / "latency.png")
+    click.echo(f"wrote {out / 'latest.json'}, throughput.png, latency.png ({result['seconds']:.0f}s)")
+
+
+def report_e2e(result: dict[str, Any]) -> str:
+    e2e, naive = result["e2e"], result["naive"]
+    stages = ", ".join(f"{k} {v:.0%}" for k, v in e2e["stage_share"].items())
+    return (
+        f"end to end: {e2e['images']} images in {e2e['seconds']:.1f}s = {e2e['images_per_second']:.0f} images/s "
+        f"(accuracy {e2e['accuracy']:.2%}, {e2e['errors']} errors; stages: {stages})\n"
+        f"naive Celery worker: {naive['images_per_second']:.1f} images/s on {naive['images']} images"
+    )
+
+
+def report_latency(runs: dict[str, dict[str, Any]]) -> str:
+    return "\n".join(
+        f"latency {name} ({run['rate_per_s']}/s): p50 {run['p50']:.1f} ms, p95 {run['p95']:.1f} ms, "
+        f"p99 {run['p99']:.1f} ms; batch sizes {run['batch_sizes']}"
+        for name, run in runs.items()
+    )
+
+
+def goals(result: dict[str, Any]) -> list[str]:
+    """Each goal of the benchmark brief, as measured in this run."""
+    lines = []
+    model = result.get("model_only", {})
+    best = "compiled_bf16" if "compiled_bf16" in model else "compiled_fp32"
+    if "eager_fp32" in model and best in model:
+        for size in [s for s in model[best] if int(s) >= 64]:
+            ratio = model[best][size] / model["eager_fp32"][size]
+            lines.append(f"goal {best} >= 2x eager fp32 at batch {size}: {ratio:.2f}x")
+    if "e2e" in result and best in model:
+        batch = str(max(int(s) for s in model[best] if int(s) <= 128))
+        share = result["e2e"]["images_per_second"] / model[best][batch]
+        lines.append(f"goal end to end >= 50% of model-only {best} at batch {batch}: {share:.0%}")
+    if "e2e" in result and "naive" in result:
+        lines.append(
+            f"goal end to end >= 20x naive: "
+            f"{result['e2e']['images_per_second'] / result['naive']['images_per_second']:.1f}x"
+        )
+    if "e2e" in result and "textbook_recipe" in result:
+        lines.append(
+            f"goal end to end >= 100x textbook recipe: "
+            f"{result['e2e']['images_per_second'] / result['textbook_recipe']:.1f}x"
+        )
+    if "latency_ms" in result:
+        lat = result["latency_ms"]
+        lines.append(f"goal light load p50 <= 15 ms and p99 <= 50 ms: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms")
+    if "worker_start_s" in result:
+        ws = result["worker_start_s"]
+        lines.append(f"goal worker start warm <= 5 s, cold <= 30 s: warm {ws['warm']:.1f} s, cold {ws['cold']:.1f} s")
+    return lines
+
+
+if __name__ == "__main__":
+    main()

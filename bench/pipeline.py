@@ -1,0 +1,259 @@
+"""End-to-end benchmarks on a private Redis with real worker processes: throughput against the
+naive Celery baseline, latency under light and heavy load, worker start, retrain cost."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from bench import naive
+from config.settings import Settings, load_settings
+from producer.client import Client
+from producer.local import local_redis, script, start_worker, stop
+from storage.connection import connect
+from storage.keys import Keys
+from storage.registry import Registry, VersionInfo, text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stack:
+    """A private Redis holding a copy of the model under test, and the environment to reach it."""
+
+    url: str
+    workdir: Path
+    env: dict[str, str]
+    overrides: dict[str, str] = field(default_factory=dict)
+
+    def settings(self, **extra: str) -> Settings:
+        return load_settings(self.env | self.overrides | {f"INKQ_{k.upper()}": v for k, v in extra.items()})
+
+    @contextlib.contextmanager
+    def worker(self, name: str, **extra: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+        node = f"{name}@{socket.gethostname()}"
+        env = self.env | self.overrides | {f"INKQ_{k.upper()}": v for k, v in extra.items()}
+        process = start_worker(env, node, self.workdir / f"{name}.log")
+        try:
+            yield process, node
+        finally:
+            stop(process)
+
+
+@contextlib.contextmanager
+def stack(info: VersionInfo, weights: bytes, workdir: Path, **overrides: str) -> Iterator[Stack]:
+    with local_redis() as url:
+        Registry(connect(url), Keys()).publish(weights, VersionInfo(**{**vars(info), "version": "", "sha256": ""}))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INKQ_")} | {
+            "INKQ_REDIS_URL": url,
+            "INKQ_LOG_LEVEL": "warning",
+        }
+        if "INKQ_COMPILE_CACHE_DIR" in os.environ:
+            env["INKQ_COMPILE_CACHE_DIR"] = os.environ["INKQ_COMPILE_CACHE_DIR"]
+        yield Stack(url, workdir, env, {f"INKQ_{k.upper()}": v for k, v in overrides.items()})
+
+
+def write_digits(folder: Path, images: np.ndarray, labels: np.ndarray) -> dict[str, int]:
+    """MNIST test digits as PNG scans (dark ink on white); path -> true label."""
+    folder.mkdir(parents=True, exist_ok=True)
+    truth = {}
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+        path = folder / f"{i:05d}.png"
+        Image.fromarray(255 - img).save(path)
+        truth[str(path)] = int(label)
+    return truth
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = np.asarray(values)
+    return {
+        "p50": float(np.percentile(ordered, 50)),
+        "p95": float(np.percentile(ordered, 95)),
+        "p99": float(np.percentile(ordered, 99)),
+        "mean": float(ordered.mean()),
+        "n": len(values),
+    }
+
+
+def end_to_end(s: Stack, folder: Path, truth: dict[str, int]) -> dict[str, Any]:
+    """Files on disk -> `producer submit` -> workers -> every result in the store."""
+    with s.worker("bench-e2e") as (_, node):
+        client = Client(s.settings())
+        start = time.perf_counter()
+        report = client.submit([str(folder)])
+        submitted = time.perf_counter() - start
+        status = client.wait(report.job, timeout=1800)
+        seconds = time.perf_counter() - start
+        assert status.complete, f"end-to-end run did not complete: {status}"
+        rows = client.results(report.job)
+        stats = {text(k): float(v) for k, v in client.redis.hgetall(Keys().worker_stats(node)).items()}
+    n = len(rows)
+    # Each batch's model time counted once (many messages may wait on the same batch).
+    batches = {r["batch"]["id"]: r["timings"]["model_ms"] for r in rows if r["batch"]}
+    per_item = {
+        "read_hash_store_enqueue": submitted * 1000 / n,
+        "fetch": stats.get("fetch_ms", 0) / n,
+        "decode_preprocess": stats.get("preprocess_ms", 0) / n,
+        "model": sum(batches.values()) / n,
+        "result_write": stats.get("write_ms", 0) / n,
+    }
+    total = sum(per_item.values())
+    sizes = Counter(r["batch"]["size"] for r in rows if r["batch"])
+    return {
+        "images": n,
+        "images_per_second": n / seconds,
+        "seconds": seconds,
+        "submit_seconds": submitted,
+        "accuracy": sum(r["label"] == truth[r["item"]] for r in rows) / n,
+        "errors": sum(1 for r in rows if r["error"]),
+        "stage_ms_per_image": per_item,
+        "stage_share": {k: v / total for k, v in per_item.items()},
+        "queue_wait_ms_mean": stats.get("queue_ms", 0) / max(stats.get("messages", 1), 1),
+        "batch_sizes": dict(sorted(sizes.items())),
+        "missing_or_duplicated": n != len({r["item"] for r in rows}) or n != len(truth),
+    }
+
+
+def naive_baseline(s: Stack, folder: Path, truth: dict[str, int], n: int) -> dict[str, Any]:
+    """One Celery task per image, bytes in the message, eager model, no batching: same files."""
+    files = sorted(truth)[:n]
+    run = f"run{os.getpid()}"
+    env_extra = ("--concurrency", str(os.cpu_count() or 1))
+    node = f"bench-naive@{socket.gethostname()}"
+    env = s.env | s.overrides
+    process = start_worker(env, node, s.workdir / "naive.log", app="bench.naive", extra=env_extra)
+    client = connect(s.url)
+    try:
+        sender = naive.make_app(s.url)
+        start = time.perf_counter()
+        for path in files:
+            naive.send(sender, run, path, Path(path).read_bytes())
+        done_key = naive.done_key(run)
+        pause = threading.Event()
+        while int(client.get(done_key) or 0) < len(files):
+            if time.perf_counter() - start > 1800:
+                raise TimeoutError("naive baseline did not finish")
+            pause.wait(0.02)
+        seconds = time.perf_counter() - start
+        keys = [naive.result_key(run, p) for p in files]
+        rows = [json.loads(v) for v in client.mget(keys) if v is not None]
+    finally:
+        stop(process)
+    return {
+        "images": len(rows),
+        "images_per_second": len(rows) / seconds,
+        "seconds": seconds,
+        "accuracy": sum(r["label"] == truth[r["item"]] for r in rows) / max(len(rows), 1),
+        "worker_processes": os.cpu_count(),
+    }
+
+
+def latency(s: Stack, files: list[str], *, rate: float, count: int, threads: int = 1, **worker: str) -> dict[str, Any]:
+    """Single images submitted at a fixed rate; milliseconds from submit to result visible."""
+    with s.worker("bench-latency", **worker):
+        client = Client(s.settings())
+        client.submit(files[:1])  # first-use costs (connections, scripts) out of the measurement
+        latencies: list[float] = []
+        sizes: Counter[int] = Counter()
+        lock = threading.Lock()
+        interval = threads / rate
+
+        def submitter(offset: int) -> None:
+            own = Client(s.settings())
+            waiters = []
+            t0 = time.perf_counter() + offset * interval / threads
+            for i in range(offset, count, threads):
+                due = t0 + (i // threads) * interval
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)  # pacing the load generator at its fixed rate
+                began = time.perf_counter()
+                job = own.submit([files[i % len(files)]]).job
+                waiter = threading.Thread(target=wait_one, args=(own, job, began))
+                waiter.start()
+                waiters.append(waiter)
+            for w in waiters:
+                w.join(120)
+
+        def wait_one(own: Client, job: str, began: float) -> None:
+            own.wait(job, timeout=60)
+            elapsed = (time.perf_counter() - began) * 1000
+            (row,) = own.results(job)
+            with lock:
+                latencies.append(elapsed)
+                sizes[row["batch"]["size"] if row["batch"] else 0] += 1
+
+        pool = [threading.Thread(target=submitter, args=(k,)) for k in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join(600)
+    return percentiles(latencies) | {
+        "rate_per_s": rate,
+        "batch_sizes": dict(sorted(sizes.items())),
+        "samples_ms": [round(v, 3) for v in latencies],
+    }
+
+
+def worker_start(s: Stack, cache: Path) -> dict[str, float]:
+    """Seconds from `celery -A worker worker` to ready: with an empty compile cache, then with it."""
+    shutil.rmtree(cache, ignore_errors=True)
+    out = {}
+    for kind in ("cold", "warm"):
+        start = time.perf_counter()
+        with s.worker(f"bench-start-{kind}", compile_cache_dir=str(cache)):
+            out[kind] = time.perf_counter() - start
+    return out
+
+
+def outlined(digit: np.ndarray) -> np.ndarray:
+    """A handwriting style MNIST never showed: hollow strokes (used to time a retrain)."""
+    img = Image.fromarray(digit)
+    ring = np.asarray(img.filter(ImageFilter.MaxFilter(5)), np.int16) - np.asarray(digit, np.int16)
+    return np.clip(ring * 2, 0, 255).astype(np.uint8)
+
+
+def retrain_cost(s: Stack, images: np.ndarray, labels: np.ndarray, data_root: Path, epochs: int) -> dict[str, Any]:
+    """Wall time of `trainer retrain` for len(images) new labels plus replay."""
+    folder = s.workdir / "labels"
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+        path = folder / str(int(label)) / f"{i:05d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(255 - outlined(img)).save(path)
+    env = s.env | {"INKQ_DATA_ROOT": str(data_root), "INKQ_RETRAIN_EPOCHS": str(epochs)}
+    subprocess.run([*script("producer"), "label", str(folder)], env=env, check=True, capture_output=True)
+    start = time.perf_counter()
+    run = subprocess.run([*script("trainer"), "retrain", "--json"], env=env, check=True, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    return {
+        "seconds": seconds,
+        "labels": len(images),
+        "epochs": epochs,
+        "promoted": summary["promoted"],
+        "before": summary.get("before"),
+        "after": summary.get("after"),
+        "replay": summary.get("replay"),
+    }
+
+
+def median_of(values: list[float]) -> float:
+    return float(statistics.median(values))

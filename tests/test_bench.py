@@ -1,0 +1,49 @@
+"""The benchmark's smoke run, so that it cannot rot. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.mark.timeout(900)
+def test_quick_benchmark_writes_every_figure(
+    env: dict[str, str], published: str, mnist_root: Path, tmp_path: Path
+) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path), "--data-root", str(mnist_root)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=850,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    result = json.loads((tmp_path / "latest.json").read_text())
+    for key in (
+        "model_only",
+        "textbook_recipe",
+        "e2e",
+        "naive",
+        "latency_ms",
+        "worker_start_s",
+        "retrain_s",
+        "machine",
+    ):
+        assert key in result, key
+    assert set(result["model_only"]) >= {"eager_fp32", "compiled_fp32"}
+    assert result["e2e"]["images"] == 200 and not result["e2e"]["missing_or_duplicated"]
+    assert result["e2e"]["errors"] == 0
+    assert result["naive"]["images"] == 40
+    assert set(result["latency_ms"]) == {"p50", "p95", "p99"}
+    assert (tmp_path / "throughput.png").stat().st_size > 0 and (tmp_path / "latency.png").stat().st_size > 0
+    assert any(line.startswith("goal end to end >= 20x naive") for line in result["goals"])

@@ -1,0 +1,156 @@
+"""Fine-tuning on labelled samples: gate, promotion, rejection, rollback, the watch loop's lock."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from PIL import Image, ImageFilter
+from redis.lock import Lock
+
+from storage.connection import connect
+from storage.keys import Keys
+from storage.lock import held
+from tests.conftest import BIN, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def trainer(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "trainer"), *args], env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+def producer(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "producer"), *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def outlined(digit: np.ndarray) -> np.ndarray:
+    """A new handwriting style MNIST never showed: hollow strokes, drawn as their outline."""
+    img = Image.fromarray(digit)
+    ring = np.asarray(img.filter(ImageFilter.MaxFilter(5)), np.int16) - np.asarray(digit, np.int16)
+    return np.clip(ring * 2, 0, 255).astype(np.uint8)
+
+
+def label_folder(folder: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+        path = folder / str(int(label)) / f"{i:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(255 - outlined(img)).save(path)
+    return folder
+
+
+@pytest.fixture()
+def train_digits(mnist_root: Path) -> tuple[np.ndarray, np.ndarray]:
+    from trainer.data import load_raw
+
+    images, labels = load_raw(mnist_root, train=True)
+    return images[6000:6600], labels[6000:6600]
+
+
+def versions(env: dict[str, str]) -> dict[str, object]:
+    return json.loads(trainer(env, "versions", "--json").stdout)
+
+
+def test_retrain_promotes_rejects_and_rolls_back(
+    env: dict[str, str], published: str, mnist_root: Path, train_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    env = env | {"INKQ_DATA_ROOT": str(mnist_root), "INKQ_RETRAIN_EPOCHS": "6"}
+    images, labels = train_digits
+    nothing = json.loads(trainer(env, "retrain", "--json").stdout.splitlines()[-1])
+    assert (nothing["version"], nothing["promoted"]) == (None, False)
+    assert "no new labelled samples" in nothing["reason"]
+
+    assert producer(env, "label", str(label_folder(tmp_path / "style", images[:300], labels[:300]))).returncode == 0
+    run = trainer(env, "retrain", "--json")
+    assert run.returncode == 0, run.stderr
+    good = json.loads(run.stdout.splitlines()[-1])
+    assert good["promoted"], good
+    assert good["after"]["new_heldout_accuracy"] > good["before"]["new_heldout_accuracy"]
+    assert good["after"]["base_heldout_accuracy"] >= good["before"]["base_heldout_accuracy"] - 0.002
+    listed = versions(env)
+    assert listed["current"] == good["version"] == "v2"
+    v2 = listed["versions"][-1]  # type: ignore[index]
+    assert (v2["parent"], v2["status"]) == ("v1", "promoted")
+
+    # Training that wrecks the model: the candidate is kept as rejected, the current model stays.
+    more = label_folder(tmp_path / "more", images[300:420], labels[300:420])
+    assert producer(env, "label", str(more)).returncode == 0
+    bad = json.loads(trainer(env | {"INKQ_RETRAIN_LEARNING_RATE": "40"}, "retrain", "--json").stdout.splitlines()[-1])
+    assert not bad["promoted"] and bad["version"] == "v3"
+    assert "not better" in bad["reason"] or "worse on the base" in bad["reason"]
+    listed = versions(env)
+    assert listed["current"] == "v2"
+    assert listed["versions"][-1]["status"] == "rejected"  # type: ignore[index]
+
+    assert "current model: v1" in trainer(env, "rollback").stdout
+    assert versions(env)["current"] == "v1"
+    assert "current model: v2" in trainer(env, "rollback", "v2").stdout
+
+
+def test_watch_lock_prevents_concurrent_runs(
+    env: dict[str, str],
+    published: str,
+    mnist_root: Path,
+    train_digits: tuple[np.ndarray, np.ndarray],
+    tmp_path: Path,
+    redis_url: str,
+) -> None:
+    env = env | {"INKQ_DATA_ROOT": str(mnist_root), "INKQ_RETRAIN_EPOCHS": "1", "INKQ_WATCH_MIN_LABELS": "10"}
+    images, labels = train_digits
+    assert producer(env, "label", str(label_folder(tmp_path / "style", images[:60], labels[:60]))).returncode == 0
+    client = connect(redis_url)
+    with held(client, Keys().retrain_lock, 30, "test"):
+        blocked = trainer(env, "watch", "--once")
+        assert blocked.returncode == 0, blocked.stderr
+        assert "another retrain is running" in json.loads(blocked.stdout.splitlines()[-1])["reason"]
+        direct = trainer(env, "retrain")
+        assert direct.returncode == 1 and "another retrain is running" in direct.stderr
+    assert versions(env)["current"] == "v1" and len(versions(env)["versions"]) == 1  # type: ignore[arg-type]
+
+    # A holder that died: its lock expires by itself and the next run goes ahead.
+    Lock(client, Keys().retrain_lock, timeout=2).acquire()
+    wait_for(lambda: not client.exists(Keys().retrain_lock), 10, "the abandoned lock to expire")
+    ran = json.loads(trainer(env, "watch", "--once").stdout.splitlines()[-1])
+    assert ran["version"] == "v2", ran
+    after = json.loads(trainer(env, "watch", "--once").stdout.splitlines()[-1])
+    assert after == {"skipped": True, "reason": "no new labels"}
+
+
+def test_redis_lock_is_exclusive(redis_url: str) -> None:
+    from storage.lock import LockHeldError
+
+    client = redis.Redis.from_url(redis_url)
+    with (
+        held(client, "inkq:test-lock", 10, "job"),
+        pytest.raises(LockHeldError),
+        held(client, "inkq:test-lock", 10, "job"),
+    ):
+        pass
+    with held(client, "inkq:test-lock", 10, "job"):  # released: free again
+        pass
+
+
+def test_watch_schedule(redis_url: str) -> None:
+    from config import Settings
+    from storage.labels import Labels
+    from trainer.retrain import due
+
+    settings = Settings(watch_min_labels=3, watch_interval_s=60)
+    labels = Labels(connect(redis_url), Keys())
+    assert due(settings, labels, None, 1000.0) == (False, "no new labels")
+    labels.add([("d1", b"x", 1, "a.png")], source="test")
+    assert due(settings, labels, None, 1000.0)[0]  # never ran: any label is enough
+    assert not due(settings, labels, 990.0, 1000.0)[0]  # ran 10 s ago, 1 < 3 labels
+    assert due(settings, labels, 900.0, 1000.0)[0]  # interval passed
+    labels.add([("d2", b"x", 2, "b.png"), ("d3", b"x", 3, "c.png")], source="test")
+    assert due(settings, labels, 990.0, 1000.0)[0]  # enough labels
+    labels.set_watermark(labels.latest_seq(), "tried")
+    assert not due(settings, labels, None, 1000.0)[0]

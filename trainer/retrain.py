@@ -1,0 +1,238 @@
+"""Fine-tuning on labelled samples, a promotion gate, and the loop that runs it periodically.
+
+A retrain fine-tunes the current model on the labelled samples not yet in a promoted model,
+mixed with a replay sample of MNIST so it does not forget, then scores candidate and current
+model on (a) the base validation split (never trained on) and (b) the held-out slice of all
+labelled samples. The candidate is promoted only if it is better on (b) by more than
+INKQ_PROMOTE_MIN_GAIN and loses at most INKQ_BASE_TOLERANCE on (a); otherwise it is kept in
+the registry as rejected, with the reason, and the current model stays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from config.errors import ImageError
+from config.settings import Settings
+from recognizer import artifact, network, scan
+from recognizer.engine import bf16_capable
+from storage.labels import Labels, Sample, held_out
+from storage.lock import LockHeldError, held
+from storage.registry import Registry, VersionInfo
+from trainer.base import bf16_agreement
+from trainer.data import Split, load_split, split_validation
+from trainer.distributed import World, setup, teardown
+from trainer.training import TrainConfig, fit, predict_logits
+
+log = logging.getLogger(__name__)
+
+
+def labelled_split(labels: Labels, samples: list[Sample], settings: Settings) -> Split:
+    """Labelled samples through the serving preprocessing, as a Split (unreadable ones skipped)."""
+    images, targets = [], []
+    for sample, data in zip(samples, labels.images([s.digest for s in samples]), strict=True):
+        if data is None:
+            log.warning("labelled image %s is missing; skipped", sample.digest[:12])
+            continue
+        try:
+            gray = scan.decode(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+            images.append(scan.prepare(gray))
+        except ImageError as exc:
+            log.warning("labelled image %s (%s) skipped: %s", sample.digest[:12], sample.path, exc)
+            continue
+        targets.append(sample.label)
+    if not images:
+        return Split(torch.empty(0, 1, scan.SIZE, scan.SIZE), torch.empty(0, dtype=torch.int64))
+    return Split(torch.from_numpy(np.stack(images))[:, None], torch.tensor(targets, dtype=torch.int64))
+
+
+def accuracy(model: torch.nn.Module, split: Split) -> float:
+    if len(split) == 0:
+        return float("nan")
+    return float((predict_logits(model, split.images).argmax(1) == split.labels).float().mean())
+
+
+def retrain(settings: Settings, registry: Registry, labels: Labels, *, progress: bool = False) -> dict[str, Any]:
+    """One fine-tuning run under the retrain lock; returns the JSON summary.
+
+    Under torchrun every rank fine-tunes its shard; rank 0 holds the lock and publishes.
+    """
+    world = setup(settings.device)
+    try:
+        if not world.main:
+            return _retrain(settings, registry, labels, progress=False, world=world)
+        with held(registry.redis, registry.keys.retrain_lock, settings.lock_ttl_s, "retrain"):
+            return _retrain(settings, registry, labels, progress=progress, world=world)
+    finally:
+        teardown(world)
+
+
+def _retrain(settings: Settings, registry: Registry, labels: Labels, *, progress: bool, world: World) -> dict[str, Any]:
+    start = time.perf_counter()
+    parent, parent_weights = registry.weights()
+    seen_upto = labels.latest_seq()
+    everything = labels.all()
+    fresh = [s for s in labels.since(labels.watermark("used")) if s.seq <= seen_upto]
+    train_samples = [s for s in fresh if not held_out(s.digest, settings.holdout_fraction)]
+    holdout_samples = [s for s in everything if s.seq <= seen_upto and held_out(s.digest, settings.holdout_fraction)]
+    summary: dict[str, Any] = {
+        "version": None,
+        "promoted": False,
+        "parent": parent.version,
+        "new_labels": len(train_samples),
+        "heldout_labels": len(holdout_samples),
+    }
+    if not train_samples:
+        labels.set_watermark(seen_upto, "tried")
+        return summary | {"reason": "no new labelled samples to learn from"}
+    if not holdout_samples:
+        return summary | {"reason": "no held-out labelled samples to judge a candidate by: label more samples"}
+
+    new = labelled_split(labels, train_samples, settings)
+    heldout = labelled_split(labels, holdout_samples, settings)
+    full, base_fingerprint = load_split(settings.path("data_root"), train=True)
+    base_train, base_heldout = split_validation(full, settings.val_size, settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed + seen_upto)
+    replay_n = min(len(base_train), max(settings.batch_size, round(settings.replay_ratio * len(new))))
+    replay = base_train.subset(torch.randperm(len(base_train), generator=generator)[:replay_n])
+    mixed = Split(torch.cat([new.images, replay.images]), torch.cat([new.labels, replay.labels]))
+
+    model = artifact.load_into(network.build(parent.arch), parent_weights)
+    before = {"base_heldout_accuracy": accuracy(model, base_heldout), "new_heldout_accuracy": accuracy(model, heldout)}
+    config = TrainConfig(
+        epochs=settings.retrain_epochs,
+        batch_size=min(settings.batch_size, 64),
+        learning_rate=settings.retrain_learning_rate,
+        seed=settings.seed + seen_upto,
+        ema_decay=0.9,
+        bf16=bf16_capable(world.device),
+        progress=progress,
+        select=False,
+    )
+    result = fit(model, mixed, base_heldout, config, world)
+    if not world.main:
+        return summary | {"rank": world.rank}
+    after = {"base_heldout_accuracy": accuracy(model, base_heldout), "new_heldout_accuracy": accuracy(model, heldout)}
+
+    gain = after["new_heldout_accuracy"] - before["new_heldout_accuracy"]
+    drop = before["base_heldout_accuracy"] - after["base_heldout_accuracy"]
+    if gain <= settings.promote_min_gain:
+        promoted, reason = (
+            False,
+            (
+                f"not better on held-out labels: {before['new_heldout_accuracy']:.4f} -> "
+                f"{after['new_heldout_accuracy']:.4f} (needs a gain above "
+                f"{settings.promote_min_gain})"
+            ),
+        )
+    elif drop > settings.base_tolerance:
+        promoted, reason = (
+            False,
+            (
+                f"worse on the base held-out set: {before['base_heldout_accuracy']:.4f} -> "
+                f"{after['base_heldout_accuracy']:.4f} (tolerance {settings.base_tolerance})"
+            ),
+        )
+    else:
+        promoted, reason = (
+            True,
+            (
+                f"held-out labels {before['new_heldout_accuracy']:.4f} -> "
+                f"{after['new_heldout_accuracy']:.4f}, base {before['base_heldout_accuracy']:.4f}"
+                f" -> {after['base_heldout_accuracy']:.4f}"
+            ),
+        )
+    digest = hashlib.sha256("".join(s.digest for s in train_samples).encode()).hexdigest()[:16]
+    metrics = {
+        "val_accuracy": after["base_heldout_accuracy"],
+        "bf16_agreement": bf16_agreement(model, base_heldout.images),
+        **{f"{k}_before": v for k, v in before.items()},
+        **{f"{k}_after": v for k, v in after.items()},
+        "heldout_n": len(heldout),
+        "base_heldout_n": len(base_heldout),
+    }
+    info = registry.publish(
+        artifact.dump(model),
+        VersionInfo(
+            arch=parent.arch,
+            preprocess_version=scan.PREPROCESS_VERSION,
+            temperature=result.temperature,
+            data_fingerprint=f"labels:{len(new)}:{digest}+replay:{replay_n}:{base_fingerprint}",
+            metrics=metrics,
+            parent=parent.version,
+            weights_source=f"finetune:{parent.version}",
+            status="promoted" if promoted else "rejected",
+            reason=reason,
+            training={
+                **dataclasses.asdict(config),
+                "seconds": result.seconds,
+                "new_n": len(new),
+                "replay_n": replay_n,
+                "labels_upto": seen_upto,
+            },
+        ),
+        make_current=promoted,
+    )
+    labels.set_watermark(seen_upto, "tried")
+    if promoted:
+        labels.set_watermark(seen_upto, "used")
+    log.info("retrain %s: %s (%s)", info.version, "promoted" if promoted else "rejected", reason)
+    return summary | {
+        "version": info.version,
+        "promoted": promoted,
+        "reason": reason,
+        "before": before,
+        "after": after,
+        "replay": replay_n,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def due(settings: Settings, labels: Labels, last_run: float | None, now: float) -> tuple[bool, str]:
+    """Whether `trainer watch` should retrain now, and why (or why not)."""
+    waiting = labels.latest_seq() - labels.watermark("tried")
+    if waiting <= 0:
+        return False, "no new labels"
+    if waiting >= settings.watch_min_labels:
+        return True, f"{waiting} new labels (>= {settings.watch_min_labels})"
+    if last_run is None or now - last_run >= settings.watch_interval_s:
+        return True, f"{waiting} new labels and {settings.watch_interval_s}s since the last run"
+    return False, f"{waiting} new labels; waiting for {settings.watch_min_labels} or the interval"
+
+
+def watch(
+    settings: Settings,
+    registry: Registry,
+    labels: Labels,
+    *,
+    once: bool,
+    poll_s: float,
+    stop: threading.Event | None = None,
+) -> list[dict[str, Any]]:
+    """Retrain whenever it is due; with ``once``, check one time and return."""
+    stop = stop or threading.Event()
+    runs: list[dict[str, Any]] = []
+    last_key = registry.keys.retrain_last
+    while True:
+        raw = registry.redis.get(last_key)
+        go, why = due(settings, labels, float(raw) if raw else None, time.time())
+        if go:
+            log.info("retraining: %s", why)
+            try:
+                outcome = retrain(settings, registry, labels)
+                registry.redis.set(last_key, time.time())
+            except LockHeldError as exc:
+                outcome = {"skipped": True, "reason": str(exc)}
+            runs.append(outcome)
+        elif once:
+            runs.append({"skipped": True, "reason": why})
+        if once or stop.wait(poll_s):
+            return runs

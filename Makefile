@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DATA_ROOT ?= $(if $(wildcard ../shared/data/mnist/MNIST),$(abspath ../shared/data/mnist),$(HOME)/.cache/inkq/mnist)
 export INKQ_DATA_ROOT ?= $(DATA_ROOT)
 
-.PHONY: install demo test lint train bench clean
+.PHONY: install demo finetune-demo test lint train bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/producer demo
 
+# A new handwriting style: label a few hundred samples, retrain, the running worker switches.
+finetune-demo: $(STAMP)
+	$(BIN)/producer finetune-demo
+
 # The full base model (about 20 minutes on 2 CPU cores), published to INKQ_REDIS_URL.
 train: $(STAMP)
 	$(BIN)/trainer train --json
+
+# Every performance figure in BENCHMARKS.md (about 15 minutes on 2 cores); needs a current model.
+bench: $(STAMP)
+	$(BIN)/python -m bench
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -106,11 +106,9 @@ def main(quick: bool, parts: tuple[str, ...], images: int | None, data_root: str
                 files = sorted(truth)[:200]
                 runs = {
                     "light": pipeline.latency(s, files, rate=20 if quick else 10, count=10 if quick else 100),
-                    "heavy": pipeline.latency(
-                        s, files, rate=100 if quick else 400, count=50 if quick else 2000, threads=2 if quick else 4
-                    ),
+                    "heavy": pipeline.latency(s, files, rate=100 if quick else 200, count=50 if quick else 1000),
                 }
-                for wait_ms in (1, 20) if quick else (1, 5, 20):
+                for wait_ms in (1, 20) if quick else (1, 2, 5, 20):
                     runs[f"light, max wait {wait_ms} ms"] = pipeline.latency(
                         s, files, rate=20 if quick else 10, count=10 if quick else 40, max_wait_ms=str(wait_ms)
                     )

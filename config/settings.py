@@ -66,7 +66,7 @@ class Settings:
     )
     max_batch: int = _field(128, "Hard cap on a model batch (at most the largest bucket).", minimum=1)
     max_wait_ms: float = _field(
-        5.0, "A batch is flushed when its oldest image has waited this long, or when it is full.", minimum=0.0
+        2.0, "A batch is flushed when its oldest image has waited this long, or when it is full.", minimum=0.0
     )
     worker_threads: int = _field(16, "Messages a worker handles at once; their images are batched together.", minimum=1)
     prefetch_multiplier: int = _field(4, "Messages a worker reserves per thread beyond those running.", minimum=1)

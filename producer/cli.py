@@ -280,6 +280,44 @@ def demo_command(settings: Settings, count: int, epochs: int, data_root: str | N
     )
 
 
+@cli.command("finetune-demo")
+@click.option(
+    "--labels",
+    type=click.IntRange(min=10),
+    default=300,
+    show_default=True,
+    envvar="INKQ_DEMO_LABELS",
+    show_envvar=True,
+    help="Outlined training digits to label.",
+)
+@click.option(
+    "--test",
+    type=click.IntRange(min=10),
+    default=1000,
+    show_default=True,
+    envvar="INKQ_DEMO_TEST",
+    show_envvar=True,
+    help="Outlined test digits to measure the style on.",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    envvar="INKQ_DEMO_EPOCHS",
+    show_envvar=True,
+    help="Epochs of the short base model trained when the registry has none.",
+)
+@click.option("--data-root", envvar=env_var("data_root"), show_envvar=True, type=click.Path(file_okay=False))
+@click.pass_obj
+def finetune_demo_command(settings: Settings, labels: int, test: int, epochs: int, data_root: str | None) -> None:
+    """Teach a running system a new handwriting style: label, retrain, hot swap, measure."""
+    from producer.demo import finetune_demo
+
+    summary = finetune_demo(settings.replace(data_root=data_root), labels=labels, test=test, epochs=epochs)
+    emit_json(summary)
+
+
 def main() -> None:
     cli(prog_name="producer")
 

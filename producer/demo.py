@@ -17,14 +17,15 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
-from config.errors import DatasetUnavailableError
+from config.errors import DatasetUnavailableError, InkqError
 from config.settings import Settings
 from producer.local import local_redis, script, start_worker, stop
 from storage.connection import connect
@@ -75,7 +76,16 @@ def run(command: list[str], env: dict[str, str], **kwargs: Any) -> subprocess.Co
     return subprocess.run(command, env=env, text=True, check=True, **kwargs)
 
 
-def demo(settings: Settings, *, count: int, epochs: int, keep: bool) -> dict[str, Any]:
+def outlined(digit: np.ndarray) -> np.ndarray:
+    """A handwriting style MNIST never showed: hollow strokes, drawn as their outline."""
+    ring = np.asarray(Image.fromarray(digit).filter(ImageFilter.MaxFilter(5)), np.int16) - digit.astype(np.int16)
+    return np.clip(ring * 2, 0, 255).astype(np.uint8)
+
+
+@contextlib.contextmanager
+def pipeline(settings: Settings, epochs: int) -> Iterator[tuple[dict[str, str], Registry, str]]:
+    """Redis (private unless INKQ_REDIS_URL is set), a current model, one ready worker:
+    the environment to reach them, the registry, and the worker's name."""
     data_root = settings.path("data_root")
     with contextlib.ExitStack() as stack:
         url = os.environ.get("INKQ_REDIS_URL")
@@ -83,53 +93,122 @@ def demo(settings: Settings, *, count: int, epochs: int, keep: bool) -> dict[str
             url = stack.enter_context(local_redis(STATE_DIR))
             say(f"started a private Redis at {url} (its data is kept in {STATE_DIR}/)")
         env = os.environ | {"INKQ_REDIS_URL": url, "INKQ_DATA_ROOT": str(data_root)}
-        redis_client = connect(url)
-        keys = Keys(settings.key_prefix)
-        registry = Registry(redis_client, keys)
+        registry = Registry(connect(url), Keys(settings.key_prefix))
         if registry.current() is None:
             say(f"no model in the registry yet: training a short base model ({epochs} epochs) from {data_root}")
             run([*script("trainer"), "train", "--epochs", str(epochs), "--json"], env, stdout=subprocess.DEVNULL)
         info = registry.info()
         say(f"model {info.version}: test accuracy {info.metrics.get('test_accuracy', float('nan')):.4%}")
-
         say("starting a worker (`celery -A worker worker`): loading, compiling and warming the model")
         started = time.monotonic()
         name = f"demo-{os.getpid()}@{socket.gethostname()}"
-        worker = start_worker(env, name, STATE_DIR / "worker.log")
-        stack.callback(stop, worker)
+        stack.callback(stop, start_worker(env, name, STATE_DIR / "worker.log"))
         say(f"worker ready in {time.monotonic() - started:.1f}s")
+        yield env, registry, name
 
-        folder = Path(tempfile.mkdtemp(prefix="inkq-demo-"))
-        if not keep:
-            stack.callback(shutil.rmtree, folder, True)
-        truth = write_scans(folder, data_root, count, seed=0)
-        say(f"wrote {len(truth)} scan-like digits to {folder}")
 
-        start = time.perf_counter()
-        submitted = json.loads(
-            run([*script("producer"), "submit", str(folder), "--json"], env, capture_output=True)
-            .stdout.strip()
-            .splitlines()[-1]
-        )
-        lines = run(
-            [*script("producer"), "results", submitted["job"], "--wait", "--timeout", "600", "--format", "jsonl"],
-            env,
-            capture_output=True,
-        ).stdout.splitlines()
-        seconds = time.perf_counter() - start
-        results = [json.loads(line) for line in lines]
-        correct = sum(1 for r in results if r["label"] == truth.get(r["item"]))
-        errors = [r for r in results if r["error"]]
+def recognise(env: dict[str, str], folder: Path) -> tuple[list[dict[str, Any]], float]:
+    """`producer submit` a folder and `producer results --wait`: the rows and the seconds taken."""
+    start = time.perf_counter()
+    out = run([*script("producer"), "submit", str(folder), "--json"], env, capture_output=True).stdout
+    job = json.loads(out.strip().splitlines()[-1])["job"]
+    lines = run(
+        [*script("producer"), "results", job, "--wait", "--timeout", "1800", "--format", "jsonl"],
+        env,
+        capture_output=True,
+    ).stdout.splitlines()
+    return [json.loads(line) for line in lines], time.perf_counter() - start
+
+
+def accuracy(rows: list[dict[str, Any]], truth: dict[str, int]) -> float:
+    return sum(1 for r in rows if r["label"] == truth.get(r["item"])) / max(len(rows), 1)
+
+
+def demo(settings: Settings, *, count: int, epochs: int, keep: bool) -> dict[str, Any]:
+    with pipeline(settings, epochs) as (env, registry, _), tempfile.TemporaryDirectory(prefix="inkq-demo-") as tmp:
+        folder = Path(tmp) / "scans"
+        truth = write_scans(folder, settings.path("data_root"), count, seed=0)
+        say(f"wrote {len(truth)} scan-like digits to {folder}; submitting them")
+        results, seconds = recognise(env, folder)
+        if keep:
+            shutil.copytree(folder, STATE_DIR / "scans", dirs_exist_ok=True)
         batches = sorted({r["batch"]["id"]: r["batch"]["size"] for r in results if r["batch"]}.values())
         return {
-            "job": submitted["job"],
             "items": len(results),
-            "accuracy": correct / len(results) if results else 0.0,
-            "errors": len(errors),
+            "accuracy": accuracy(results, truth),
+            "errors": sum(1 for r in results if r["error"]),
             "seconds": seconds,
             "images_per_second": len(results) / seconds,
-            "model_version": info.version,
+            "model_version": registry.current(),
             "batches": len(batches),
             "largest_batch": batches[-1] if batches else 0,
         }
-    raise AssertionError("unreachable")
+
+
+def finetune_demo(settings: Settings, *, labels: int, test: int, epochs: int) -> dict[str, Any]:
+    """Label a few hundred digits of a new style, retrain, and watch the running worker switch."""
+    root = settings.path("data_root")
+    raw = root / "MNIST" / "raw"
+    train_images, train_labels = read_idx(raw / "train-images-idx3-ubyte"), read_idx(raw / "train-labels-idx1-ubyte")
+    test_images, test_labels = read_idx(raw / "t10k-images-idx3-ubyte"), read_idx(raw / "t10k-labels-idx1-ubyte")
+    rng = np.random.default_rng(1)
+    with pipeline(settings, epochs) as (env, registry, worker), tempfile.TemporaryDirectory(prefix="inkq-ft-") as tmp:
+        work = Path(tmp)
+        before = registry.current()
+        styled: dict[str, int] = {}
+        for i in rng.choice(len(test_images), size=min(test, len(test_images)), replace=False):
+            path = work / "style-test" / f"{i:05d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(255 - outlined(test_images[i])).save(path)
+            styled[str(path)] = int(test_labels[i])
+        rows, _ = recognise(env, work / "style-test")
+        style_before = accuracy(rows, styled)
+        say(f"{before} reads {len(styled)} outlined test digits with accuracy {style_before:.2%}")
+
+        for n, i in enumerate(rng.choice(len(train_images), size=labels, replace=False)):
+            path = work / "labels" / str(int(train_labels[i])) / f"{n:05d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(255 - outlined(train_images[i])).save(path)
+        run([*script("producer"), "label", str(work / "labels")], env, stdout=subprocess.DEVNULL)
+        say(f"labelled {labels} outlined training digits; running `trainer retrain`")
+        summary = json.loads(
+            run([*script("trainer"), "retrain", "--json"], env, capture_output=True).stdout.strip().splitlines()[-1]
+        )
+        say(f"{summary['version']}: {'promoted' if summary['promoted'] else 'rejected'} ({summary['reason']})")
+        after = registry.current()
+        if summary["promoted"]:
+            deadline = time.monotonic() + 600
+            while json.loads(registry.redis.get(registry.keys.worker(worker)) or b"{}").get("version") != after:
+                if time.monotonic() > deadline:
+                    raise InkqError(f"the worker did not switch to {after} in 10 minutes")
+                time.sleep(0.2)  # the worker compiles and warms the new version meanwhile
+            say(f"the running worker switched to {after}")
+        rows, _ = recognise(env, work / "style-test")
+        style_after = accuracy(rows, styled)
+        served = sorted({r["model_version"] for r in rows})
+        mnist = {}
+        for version in dict.fromkeys([before, after]):
+            scored = (
+                run(
+                    [*script("trainer"), "evaluate", "--version", str(version), "--no-compile", "--json"],
+                    env,
+                    capture_output=True,
+                )
+                .stdout.strip()
+                .splitlines()[-1]
+            )
+            mnist[str(version)] = json.loads(scored)["accuracy"]
+        return {
+            "before": before,
+            "after": after,
+            "promoted": summary["promoted"],
+            "reason": summary["reason"],
+            "labels": labels,
+            "style_test_n": len(styled),
+            "served_by": served,
+            "style_accuracy_before": style_before,
+            "style_accuracy_after": style_after,
+            "mnist_test_accuracy_before": mnist[str(before)],
+            "mnist_test_accuracy_after": mnist[str(after)],
+            "mnist_drop_points": 100 * (mnist[str(before)] - mnist[str(after)]),
+        }

@@ -19,6 +19,7 @@ from tests.conftest import MnistArrays, WorkerProcess, wait_for, write_digits
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
+@pytest.mark.timeout(900)
 def test_switch_under_load_and_refuse_corrupt(
     env: dict[str, str],
     published: str,

@@ -129,6 +129,7 @@ def test_concurrent_producers_share_batches(
         w.stop()
 
 
+@pytest.mark.timeout(600)
 def test_sigkilled_worker_loses_nothing(
     env: dict[str, str], published: str, mnist_test: MnistArrays, tmp_path: Path, redis_url: str
 ) -> None:

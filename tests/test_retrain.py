@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-from PIL import Image, ImageFilter
+from PIL import Image
 from redis.lock import Lock
 
+from producer.demo import outlined
 from storage.connection import connect
 from storage.keys import Keys
 from storage.lock import held
@@ -30,13 +31,6 @@ def producer(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str
     return subprocess.run(
         [str(BIN / "producer"), *args], env=env, capture_output=True, text=True, timeout=120, check=False
     )
-
-
-def outlined(digit: np.ndarray) -> np.ndarray:
-    """A new handwriting style MNIST never showed: hollow strokes, drawn as their outline."""
-    img = Image.fromarray(digit)
-    ring = np.asarray(img.filter(ImageFilter.MaxFilter(5)), np.int16) - np.asarray(digit, np.int16)
-    return np.clip(ring * 2, 0, 255).astype(np.uint8)
 
 
 def label_folder(folder: Path, images: np.ndarray, labels: np.ndarray) -> Path:
@@ -59,6 +53,7 @@ def versions(env: dict[str, str]) -> dict[str, object]:
     return json.loads(trainer(env, "versions", "--json").stdout)
 
 
+@pytest.mark.timeout(1200)
 def test_retrain_promotes_rejects_and_rolls_back(
     env: dict[str, str], published: str, mnist_root: Path, train_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
 ) -> None:
@@ -95,6 +90,7 @@ def test_retrain_promotes_rejects_and_rolls_back(
     assert "current model: v2" in trainer(env, "rollback", "v2").stdout
 
 
+@pytest.mark.timeout(900)
 def test_watch_lock_prevents_concurrent_runs(
     env: dict[str, str],
     published: str,

@@ -46,8 +46,13 @@ VERSION_CHECK_S = 10.0
 
 @dataclass(frozen=True)
 class Served:
-    prediction: Prediction
-    version: str
+    """One image's outcome from a batch: a prediction, or why there is none."""
+
+    prediction: Prediction | None
+    version: str | None
+    error: str | None = None
+    preprocess_ms: float = 0.0
+    model_ms: float = 0.0
 
 
 class Replica:
@@ -61,7 +66,7 @@ class Replica:
         self.engine = self._build(None)
         self.warm_s = self.engine.warm_seconds
         max_batch = min(settings.max_batch, self.engine.max_batch)
-        self.batcher: Batcher[np.ndarray, Served] = Batcher(
+        self.batcher: Batcher[bytes, Served] = Batcher(
             self._run, max_batch=max_batch, max_wait_s=settings.max_wait_ms / 1000, name="inkq-model"
         )
         self.items_served = 0
@@ -76,11 +81,31 @@ class Replica:
         log.info("model %s ready: %s (warmed in %.1fs)", info.version, engine.describe(), engine.warm_seconds)
         return engine
 
-    def _run(self, inputs: list[np.ndarray]) -> list[Served]:
+    def _run(self, blobs: list[bytes]) -> list[Served]:
+        """Decode, preprocess and recognise one batch, in the model's thread.
+
+        Preprocessing here rather than in the message threads keeps one thread on the GIL at a
+        time: on a small CPU, threads preprocessing beside the running model slow it several-fold.
+        """
         engine = self.engine  # read once: a swap takes effect at the next batch
-        with torch.inference_mode():
+        limits = {"max_bytes": self.settings.max_image_bytes, "max_pixels": self.settings.max_image_pixels}
+        out: list[Served | None] = [None] * len(blobs)
+        inputs: list[np.ndarray] = []
+        slots: list[tuple[int, float]] = []
+        for i, blob in enumerate(blobs):
+            start = time.perf_counter()
+            try:
+                inputs.append(scan.preprocess(blob, **limits))
+                slots.append((i, (time.perf_counter() - start) * 1000))
+            except ImageError as exc:  # this image fails alone
+                out[i] = Served(None, None, str(exc), (time.perf_counter() - start) * 1000)
+        if inputs:
+            start = time.perf_counter()
             predictions = engine.predict(torch.from_numpy(np.stack(inputs)))
-        return [Served(p, engine.version) for p in predictions]
+            model_ms = (time.perf_counter() - start) * 1000
+            for (i, pre_ms), p in zip(slots, predictions, strict=True):
+                out[i] = Served(p, engine.version, None, pre_ms, model_ms)
+        return [s for s in out if s is not None]
 
     def handle(self, job: str, items: list[list[Any]], sent_at: float, worker: str = "") -> int:
         received = time.time()
@@ -88,31 +113,28 @@ class Replica:
         blobs = self.jobs.fetch_images([str(digest) for _, digest, _ in items])
         clock.append(time.perf_counter())
         results: list[ItemResult] = []
-        ready: list[tuple[int, str, str, float]] = []
-        inputs: list[np.ndarray] = []
-        limits = {"max_bytes": self.settings.max_image_bytes, "max_pixels": self.settings.max_image_pixels}
+        ready: list[tuple[int, str, str]] = []
+        found: list[bytes] = []
         for (index, digest, path), blob in zip(items, blobs, strict=True):
-            start = time.perf_counter()
-            try:
-                if blob is None:
-                    raise ImageError("image bytes not found in Redis (expired after INKQ_RESULT_TTL_S, or lost)")
-                inputs.append(scan.preprocess(blob, **limits))
-            except ImageError as exc:
-                results.append(ItemResult(job, int(index), _body(str(path), str(digest), error=str(exc))))
+            if blob is None:
+                error = "image bytes not found in Redis (expired after INKQ_RESULT_TTL_S, or lost)"
+                results.append(ItemResult(job, int(index), _body(str(path), str(digest), error=error)))
                 continue
-            ready.append((int(index), str(digest), str(path), (time.perf_counter() - start) * 1000))
+            ready.append((int(index), str(digest), str(path)))
+            found.append(blob)
         queue_ms = round((received - sent_at) * 1000, 3)
-        clock.append(time.perf_counter())
-        for (index, digest, path, pre_ms), future in zip(ready, self.batcher.submit(inputs), strict=True):
+        for (index, digest, path), future in zip(ready, self.batcher.submit(found), strict=True):
             served, batch = future.result()
             timings = {
                 "queue_ms": queue_ms,
-                "preprocess_ms": round(pre_ms, 3),
+                "preprocess_ms": round(served.preprocess_ms, 3),
                 "batch_wait_ms": round(batch.waited_ms, 3),
-                "model_ms": round(batch.run_ms, 3),
+                "model_ms": round(served.model_ms, 3),
             }
-            body = _body(path, digest, served=served, batch=batch, worker=worker, timings=timings)
-            body["review"] = served.prediction.confidence < self.settings.review_threshold
+            body = _body(path, digest, error=served.error, served=served, batch=batch, worker=worker, timings=timings)
+            body["review"] = served.prediction is not None and (
+                served.prediction.confidence < self.settings.review_threshold
+            )
             results.append(ItemResult(job, index, body))
         clock.append(time.perf_counter())
         self.jobs.write_results(results)
@@ -124,7 +146,7 @@ class Replica:
     def _record(self, items: int, queue_ms: float, clock: list[float]) -> None:
         """Add this message's time per stage to the worker's running totals (for the benchmarks
         and operators: where does the time go?)."""
-        stages = ("fetch", "preprocess", "batch_and_model", "write")
+        stages = ("fetch", "batch", "write")
         pipe = self.redis.pipeline(transaction=False)
         key = self.keys.worker_stats(self.hostname)
         pipe.hincrby(key, "messages", 1)
@@ -231,13 +253,14 @@ def _body(
     timings: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     p = served.prediction if served else None
+    version = served.version if served else None
     return {
         "item": path,
         "digest": digest,
         "label": p.label if p else None,
         "confidence": round(p.confidence, 6) if p else None,
         "top3": [[label, round(conf, 6)] for label, conf in p.top3] if p else None,
-        "model_version": served.version if served else None,
+        "model_version": version,
         "error": error,
         "timings": timings or {},
         "batch": {"id": batch.id, "size": batch.size} if batch else None,

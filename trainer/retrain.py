@@ -54,6 +54,34 @@ def labelled_split(labels: Labels, samples: list[Sample], settings: Settings) ->
     return Split(torch.from_numpy(np.stack(images))[:, None], torch.tensor(targets, dtype=torch.int64))
 
 
+SELECTION_N = 2000
+MIX_GRID = (1.0, 0.8, 0.65, 0.5, 0.35, 0.25)
+
+
+def interpolate_towards_parent(
+    model: torch.nn.Module, parent_weights: bytes, arch: dict[str, Any], selection: Split, max_drop: float
+) -> float:
+    """Pull the fine-tuned weights back towards the parent's (weight-space interpolation, as in
+    WiSE-FT) as little as possible: the largest mixing weight whose base accuracy on
+    ``selection`` is within ``max_drop`` of the parent's. Fine-tuning on a new style learns it
+    fast but drifts on the base data; halfway back keeps most of the new skill and little of
+    the drift. Returns the weight chosen (1.0: the fine-tuned model as it is)."""
+    parent = artifact.load_into(network.build(arch), parent_weights)
+    floor = accuracy(parent, selection) - max_drop
+    tuned = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    start = parent.state_dict()
+    for alpha in MIX_GRID:
+        model.load_state_dict(
+            {
+                k: (alpha * v.float() + (1 - alpha) * start[k].float()).to(v.dtype) if v.is_floating_point() else v
+                for k, v in tuned.items()
+            }
+        )
+        if accuracy(model, selection) >= floor:
+            return alpha
+    return MIX_GRID[-1]
+
+
 def accuracy(model: torch.nn.Module, split: Split) -> float:
     if len(split) == 0:
         return float("nan")
@@ -101,8 +129,11 @@ def _retrain(settings: Settings, registry: Registry, labels: Labels, *, progress
     full, base_fingerprint = load_split(settings.path("data_root"), train=True)
     base_train, base_heldout = split_validation(full, settings.val_size, settings.seed)
     generator = torch.Generator().manual_seed(settings.seed + seen_upto)
-    replay_n = min(len(base_train), max(settings.batch_size, round(settings.replay_ratio * len(new))))
-    replay = base_train.subset(torch.randperm(len(base_train), generator=generator)[:replay_n])
+    order = torch.randperm(len(base_train), generator=generator)
+    # Base images to choose the mixing weight on: never replayed, and not the gate's set (a).
+    selection = base_train.subset(order[:SELECTION_N])
+    replay_n = min(len(base_train) - SELECTION_N, max(settings.batch_size, round(settings.replay_ratio * len(new))))
+    replay = base_train.subset(order[SELECTION_N : SELECTION_N + replay_n])
     mixed = Split(torch.cat([new.images, replay.images]), torch.cat([new.labels, replay.labels]))
 
     model = artifact.load_into(network.build(parent.arch), parent_weights)
@@ -120,6 +151,7 @@ def _retrain(settings: Settings, registry: Registry, labels: Labels, *, progress
     result = fit(model, mixed, base_heldout, config, world)
     if not world.main:
         return summary | {"rank": world.rank}
+    mix = interpolate_towards_parent(model, parent_weights, parent.arch, selection, settings.base_tolerance / 2)
     after = {"base_heldout_accuracy": accuracy(model, base_heldout), "new_heldout_accuracy": accuracy(model, heldout)}
 
     gain = after["new_heldout_accuracy"] - before["new_heldout_accuracy"]
@@ -152,6 +184,7 @@ def _retrain(settings: Settings, registry: Registry, labels: Labels, *, progress
         )
     digest = hashlib.sha256("".join(s.digest for s in train_samples).encode()).hexdigest()[:16]
     metrics = {
+        "mix": mix,
         "val_accuracy": after["base_heldout_accuracy"],
         "bf16_agreement": bf16_agreement(model, base_heldout.images),
         **{f"{k}_before": v for k, v in before.items()},
@@ -189,6 +222,7 @@ def _retrain(settings: Settings, registry: Registry, labels: Labels, *, progress
         "version": info.version,
         "promoted": promoted,
         "reason": reason,
+        "mix": mix,
         "before": before,
         "after": after,
         "replay": replay_n,

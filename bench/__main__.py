@@ -22,6 +22,7 @@ import click
 
 from bench import common, model_only, pipeline, plots
 from config.settings import load_settings
+from producer.demo import write_digits
 from trainer.data import load_raw
 
 PARTS = ("model", "e2e", "latency", "start", "retrain")
@@ -97,7 +98,7 @@ def main(quick: bool, parts: tuple[str, ...], images: int | None, data_root: str
             pipeline.stack(info, weights, Path(tmp), **overrides) as s,
         ):
             work = Path(tmp)
-            truth = pipeline.write_digits(work / "digits", test_images[:n], test_labels[:n])
+            truth = write_digits(work / "digits", test_images[:n], test_labels[:n])
             if "e2e" in pipeline_parts:
                 result["e2e"] = pipeline.end_to_end(s, work / "digits", truth)
                 result["naive"] = pipeline.naive_baseline(s, work / "digits", truth, 40 if quick else 1000)

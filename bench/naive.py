@@ -44,11 +44,11 @@ _client = connect(settings.redis_url, check=False)
 
 
 def done_key(run: str) -> str:
-    return f"{settings.key_prefix}:naive:{run}:done"
+    return Keys(settings.key_prefix).naive_done(run)
 
 
 def result_key(run: str, name: str) -> str:
-    return f"{settings.key_prefix}:naive:{run}:result:{name}"
+    return Keys(settings.key_prefix).naive_result(run, name)
 
 
 def model() -> Any:

@@ -70,17 +70,6 @@ def stack(info: VersionInfo, weights: bytes, workdir: Path, **overrides: str) ->
         yield Stack(url, workdir, env, {f"INKQ_{k.upper()}": v for k, v in overrides.items()})
 
 
-def write_digits(folder: Path, images: np.ndarray, labels: np.ndarray) -> dict[str, int]:
-    """MNIST test digits as PNG scans (dark ink on white); path -> true label."""
-    folder.mkdir(parents=True, exist_ok=True)
-    truth = {}
-    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
-        path = folder / f"{i:05d}.png"
-        Image.fromarray(255 - img).save(path)
-        truth[str(path)] = int(label)
-    return truth
-
-
 def percentiles(values: list[float]) -> dict[str, float]:
     if not values:
         return {}

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -40,11 +41,17 @@ def latency(result: dict[str, Any], path: Path) -> None:
     if not runs:
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    everything = [v for run in runs.values() for v in run.get("samples_ms") or []]
+    if not everything:
+        return
+    # Light and heavy load differ by orders of magnitude: logarithmic bins show both.
+    bins = list(np.geomspace(max(min(everything), 0.1), max(everything), 60))
     for name, run in runs.items():
         samples = run.get("samples_ms") or []
         if samples:
-            ax.hist(samples, bins=40, alpha=0.5, label=f"{name}: p50 {run['p50']:.1f} ms, p99 {run['p99']:.1f} ms")
-    ax.set_xlabel("milliseconds from submit to result visible")
+            ax.hist(samples, bins=bins, alpha=0.5, label=f"{name}: p50 {run['p50']:.1f} ms, p99 {run['p99']:.1f} ms")
+    ax.set_xscale("log")
+    ax.set_xlabel("milliseconds from submit to result visible (log scale)")
     ax.set_ylabel("requests")
     ax.set_title("Latency of single-image requests")
     ax.legend(fontsize=8)

@@ -76,6 +76,18 @@ def run(command: list[str], env: dict[str, str], **kwargs: Any) -> subprocess.Co
     return subprocess.run(command, env=env, text=True, check=True, **kwargs)
 
 
+def write_digits(folder: Path, images: np.ndarray, labels: np.ndarray) -> dict[str, int]:
+    """MNIST digits as plain PNG scans (dark ink on white), as tests and benchmarks use them;
+    returns path -> true label."""
+    folder.mkdir(parents=True, exist_ok=True)
+    truth = {}
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+        path = folder / f"{i:05d}.png"
+        Image.fromarray(255 - img).save(path)
+        truth[str(path)] = int(label)
+    return truth
+
+
 def outlined(digit: np.ndarray) -> np.ndarray:
     """A handwriting style MNIST never showed: hollow strokes, drawn as their outline."""
     ring = np.asarray(Image.fromarray(digit).filter(ImageFilter.MaxFilter(5)), np.int16) - digit.astype(np.int16)

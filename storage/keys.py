@@ -123,3 +123,10 @@ class Keys:
     def worker_stats(self, hostname: str) -> str:
         """Hash of a worker's running totals: messages, items, milliseconds per stage."""
         return self._k("worker", hostname, "stats")
+
+    # The benchmark's naive baseline (bench/naive.py)
+    def naive_done(self, run: str) -> str:
+        return self._k("naive", run, "done")
+
+    def naive_result(self, run: str, name: str) -> str:
+        return self._k("naive", run, "result", name)

@@ -19,10 +19,13 @@ import numpy as np
 import pytest
 import redis
 
+from producer.demo import write_digits
+
 ROOT = Path(__file__).resolve().parents[1]
 # The installed console scripts (`producer`, `trainer`), beside the Python running the tests.
 BIN = Path(sys.executable).parent
 MnistArrays = tuple[np.ndarray, np.ndarray]
+__all__ = ["BIN", "ROOT", "MnistArrays", "WorkerProcess", "wait_for", "write_digits"]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -167,16 +170,3 @@ def published(redis_url: str, small_model: tuple[bytes, dict[str, object]]) -> s
 
     weights, meta = small_model
     return Registry(connect(redis_url), Keys()).publish(weights, VersionInfo(**meta)).version  # type: ignore[arg-type]
-
-
-def write_digits(folder: Path, images: np.ndarray, labels: np.ndarray, fmt: str = "png") -> dict[str, int]:
-    """MNIST digits as scan-like files (dark ink on white); returns path -> true label."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    truth = {}
-    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
-        path = folder / f"{i:05d}.{fmt}"
-        Image.fromarray(255 - img).save(path)
-        truth[str(path)] = int(label)
-    return truth

@@ -145,9 +145,9 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, world: Wor
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.learning_rate, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, pct_start=0.2
     )
-    # The average's horizon, 1 / (1 - decay), must stay within half the run, or a short run
-    # would return weights that barely moved from where they started.
-    ema_decay = min(cfg.ema_decay, max(0.0, 1 - 2 / (cfg.epochs * steps_per_epoch)))
+    # The average's horizon, 1 / (1 - decay), stays within a quarter of the run: a short run
+    # would otherwise return weights still dragged back towards its first, high-LR steps.
+    ema_decay = min(cfg.ema_decay, max(0.0, 1 - 4 / (cfg.epochs * steps_per_epoch)))
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
 
     best: tuple[float, float] = (-1.0, math.inf)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +236,22 @@ def review(settings: Settings, job: str | None, export_dir: Path | None, limit: 
     click.echo(f"exported {len(rows)} images to {export_dir}; correct {sheet} and run: producer label --csv {sheet}")
 
 
+def demo_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options both demos share: the fallback model's epochs and where MNIST is."""
+    command = click.option(
+        "--data-root", envvar=env_var("data_root"), show_envvar=True, type=click.Path(file_okay=False)
+    )(command)
+    return click.option(
+        "--epochs",
+        type=click.IntRange(min=1),
+        default=3,
+        show_default=True,
+        envvar="INKQ_DEMO_EPOCHS",
+        show_envvar=True,
+        help="Epochs of the short base model trained when the registry has none.",
+    )(command)
+
+
 @cli.command("demo")
 @click.option(
     "--count",
@@ -245,16 +262,7 @@ def review(settings: Settings, job: str | None, export_dir: Path | None, limit: 
     show_envvar=True,
     help="How many MNIST test digits to write and submit.",
 )
-@click.option(
-    "--epochs",
-    type=click.IntRange(min=1),
-    default=3,
-    show_default=True,
-    envvar="INKQ_DEMO_EPOCHS",
-    show_envvar=True,
-    help="Epochs of the short base model trained when the registry has none.",
-)
-@click.option("--data-root", envvar=env_var("data_root"), show_envvar=True, type=click.Path(file_okay=False))
+@demo_options
 @click.option(
     "--keep",
     is_flag=True,
@@ -299,16 +307,7 @@ def demo_command(settings: Settings, count: int, epochs: int, data_root: str | N
     show_envvar=True,
     help="Outlined test digits to measure the style on.",
 )
-@click.option(
-    "--epochs",
-    type=click.IntRange(min=1),
-    default=3,
-    show_default=True,
-    envvar="INKQ_DEMO_EPOCHS",
-    show_envvar=True,
-    help="Epochs of the short base model trained when the registry has none.",
-)
-@click.option("--data-root", envvar=env_var("data_root"), show_envvar=True, type=click.Path(file_okay=False))
+@demo_options
 @click.pass_obj
 def finetune_demo_command(settings: Settings, labels: int, test: int, epochs: int, data_root: str | None) -> None:
     """Teach a running system a new handwriting style: label, retrain, hot swap, measure."""

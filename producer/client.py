@@ -9,7 +9,11 @@ for result in client.results(report.job): ...
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
+import os
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,14 +22,14 @@ from typing import Any
 
 from config.errors import ImageError, InkqError
 from config.settings import Settings, load_settings
-from producer.files import Found, find_images
+from producer.files import Found, find_images, read_capped
 from producer.labelling import Candidate, LabelError, parse_label, validate
 from recognizer import scan
 from storage import queue
 from storage.connection import connect
 from storage.jobs import Jobs, JobStatus
 from storage.keys import Keys
-from storage.labels import Labels
+from storage.labels import NUM_CLASSES, Labels
 
 # Images are read, hashed and stored in groups this size: one Redis round trip per group.
 STORE_GROUP = 256
@@ -110,24 +114,25 @@ class Client:
         return SubmitReport(job, len(items), stored, rejected)
 
     def _check(self, found: Found) -> bytes | str:
-        """The file's bytes if it is a plausible image, else why not (cheap: header only)."""
+        """The file's bytes if it is a plausible image, else why not (cheap: header only).
+
+        Never raises for a file's sake: whatever a hostile file does, it comes back as a reason.
+        """
         if found.problem:
             return found.problem
-        path = Path(found.path)
+        limit = self.settings.max_image_bytes
         try:
-            size = path.stat().st_size
-            if size > self.settings.max_image_bytes:
-                return (
-                    f"file is {size:,} bytes, over the limit of {self.settings.max_image_bytes:,} "
-                    "(INKQ_MAX_IMAGE_BYTES)"
-                )
-            data = path.read_bytes()
+            data = read_capped(Path(found.path), limit)
         except OSError as exc:
             return f"cannot read file: {exc.strerror or exc}"
+        if len(data) > limit:
+            return f"file is over the limit of {limit:,} bytes (INKQ_MAX_IMAGE_BYTES)"
         try:
-            scan.probe(data, max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels)
+            scan.probe(data, max_bytes=limit, max_pixels=self.settings.max_image_pixels)
         except ImageError as exc:
             return str(exc)
+        except Exception as exc:  # defence in depth: scan promises ImageError, a reason all the same
+            return f"not a readable image ({type(exc).__name__}: {exc})"
         return data
 
     def _wait_for_room(self, wait: bool, timeout: float | None) -> None:
@@ -183,19 +188,28 @@ class Client:
 
     def export_review(self, rows: list[dict[str, Any]], folder: Path) -> Path:
         """Write each row's image into ``folder`` and a ``labels.csv`` prefilled with the predicted
-        labels, for a person to correct and feed back with ``producer label --csv``."""
+        labels, for a person to correct and feed back with ``producer label --csv``.
+
+        Redis data is untrusted here: file names are made from the job id and the index alone
+        (a row whose job id is not a plain token is skipped), the suffix from the image's own
+        format, labels are written only when they are a digit, the sheet through the csv module,
+        and no file is written through a link. Nothing lands outside ``folder``."""
         folder.mkdir(parents=True, exist_ok=True)
-        images = self.jobs.fetch_images([r["digest"] for r in rows])
-        lines = ["path,label"]
+        images = self.jobs.fetch_images([str(r.get("digest", "")) for r in rows])
+        sheet = [["path", "label"]]
         for row, data in zip(rows, images, strict=True):
-            if data is None:
+            job, index = str(row.get("job", "")), row.get("index")
+            if data is None or not _SAFE_JOB.fullmatch(job) or type(index) is not int or index < 0:
                 continue
-            name = f"{row['job']}-{row['index']:06d}{Path(row['item']).suffix.lower() or '.png'}"
-            (folder / name).write_bytes(data)
-            lines.append(f"{name},{row['label']}")
-        sheet = folder / "labels.csv"
-        sheet.write_text("\n".join(lines) + "\n")
-        return sheet
+            name = f"{job}-{index:06d}{_suffix_of(data)}"
+            _write_new(folder / name, data)
+            label = row.get("label")
+            sheet.append([name, str(label) if type(label) is int and 0 <= label < NUM_CLASSES else ""])
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows(sheet)
+        path = folder / "labels.csv"
+        _write_new(path, buf.getvalue().encode())
+        return path
 
     def status(self, job: str) -> JobStatus:
         return self.jobs.status(job)
@@ -205,6 +219,26 @@ class Client:
 
     def results(self, job: str) -> list[dict[str, Any]]:
         return self.jobs.results(job)
+
+
+# Job ids are uuid4 hex; anything with a dot or a slash in it did not come from ``Jobs.create``.
+_SAFE_JOB = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "TIFF": ".tif", "BMP": ".bmp", "DIB": ".bmp", "GIF": ".gif"}
+_SUFFIXES |= {"WEBP": ".webp", "PPM": ".pnm"}
+
+
+def _suffix_of(data: bytes) -> str:
+    try:
+        return _SUFFIXES.get(scan.probe(data, max_bytes=len(data) + 1, max_pixels=2**62).format, ".img")
+    except ImageError:
+        return ".img"
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``, replacing a file there but never following a link."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def parse_label_or_raise(raw: str) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,17 @@ class Found:
 
     path: str
     problem: str | None = None
+
+
+def read_capped(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file at ``path``: at most ``limit + 1`` of them, so that a file
+    over the limit (or one growing as it is read) shows it without being read whole. Opened
+    without blocking: a FIFO or device under an image's name is refused, never waited on."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return f.read(limit + 1)
 
 
 def find_images(paths: list[str]) -> Iterator[Found]:

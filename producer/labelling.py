@@ -14,6 +14,7 @@ from pathlib import Path
 
 from config.errors import ImageError, InkqError
 from config.settings import Settings
+from producer.files import read_capped
 from recognizer import scan
 from storage.labels import NUM_CLASSES
 
@@ -83,13 +84,16 @@ def validate(candidates: list[Candidate], settings: Settings) -> list[tuple[str,
     for c in candidates:
         try:
             label = parse_label(c.label)
-            data = c.path.read_bytes()
+            data = read_capped(c.path, settings.max_image_bytes)  # over: refused by scan
             scan.preprocess(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
         except (ValueError, ImageError) as exc:
             problems.append(f"{c.path}: {exc}")
             continue
         except OSError as exc:
             problems.append(f"{c.path}: cannot read file: {exc.strerror or exc}")
+            continue
+        except Exception as exc:  # defence in depth: a hostile file is rejected by name, never a traceback
+            problems.append(f"{c.path}: cannot use this image ({type(exc).__name__}: {exc})")
             continue
         samples.append((hashlib.sha256(data).hexdigest(), data, label, str(c.path)))
     if problems:

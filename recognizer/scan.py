@@ -14,9 +14,24 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, UnidentifiedImageError
 
-from config.errors import BlankImageError, ImageDecodeError, ImageTooLargeError
+from config.errors import BlankImageError, ImageDecodeError, ImageError, ImageTooLargeError
+
+__all__ = [
+    "MNIST_MEAN",
+    "MNIST_STD",
+    "PREPROCESS_VERSION",
+    "SIZE",
+    "SUPPORTED_FORMATS",
+    "SUPPORTED_SUFFIXES",
+    "ImageInfo",
+    "decode",
+    "normalize",
+    "prepare",
+    "preprocess",
+    "probe",
+]
 
 # Bumped whenever the output of ``prepare`` changes; recorded with every model version.
 PREPROCESS_VERSION = "mnist-box20-com28/1"
@@ -34,6 +49,20 @@ MIN_CONTRAST = 0.12
 DENOISE_MIN_SIDE = 64
 
 SUPPORTED_FORMATS = frozenset({"PNG", "JPEG", "MPO", "TIFF", "BMP", "DIB", "GIF", "WEBP", "PPM"})
+# Only these decoders ever see the bytes: Pillow's other plugins (EPS, PSD, FITS, ...) are never
+# tried. MPO has no opener of its own: JPEG's returns it.
+_OPEN_FORMATS = sorted(SUPPORTED_FORMATS - {"MPO"})
+_EXIF_ORIENTATION = 0x0112
+# EXIF orientation -> the transpose that shows the page upright (as Pillow's exif_transpose does).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 SUPPORTED_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".pgm", ".ppm", ".pbm", ".pnm"}
 )
@@ -57,13 +86,13 @@ def _open(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=_OPEN_FORMATS)
     except UnidentifiedImageError as exc:
-        raise ImageDecodeError("not a readable image: unknown format or not an image file") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"image refused as a decompression bomb ({_reason(exc)})") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(f"image header is corrupt ({_reason(exc)})") from exc
+        raise ImageDecodeError(
+            f"not a readable image: unknown format or not an image file (supported: {', '.join(_OPEN_FORMATS)})"
+        ) from exc
+    except Exception as exc:  # Pillow raises many types on hostile headers; each fails this image only
+        raise _failure("image header is corrupt", exc) from exc
     if img.format not in SUPPORTED_FORMATS:
         raise ImageDecodeError(
             f"unsupported image format {img.format}; supported: {', '.join(sorted(SUPPORTED_FORMATS))}"
@@ -80,24 +109,62 @@ def _open(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
 
 
 def probe(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
-    """Cheap validation from the header alone: format, size and limits, without decoding pixels."""
+    """Cheap validation from the header alone: format, size and limits, without decoding pixels.
+
+    Raises ``ImageError`` (and nothing else) for any file that fails.
+    """
     img = _open(data, max_bytes, max_pixels)
-    return ImageInfo(img.format or "", img.size[0], img.size[1], getattr(img, "n_frames", 1))
+    try:
+        frames = int(getattr(img, "n_frames", 1))
+    except Exception:  # a broken later frame: only the first is ever read
+        frames = 1
+    return ImageInfo(img.format or "", img.size[0], img.size[1], frames)
 
 
 def decode(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
     """Image bytes -> float32 grayscale in [0, 1] as the page looks (0 is black).
 
     Multi-page TIFFs and animated GIFs are read at their first page or frame; EXIF orientation
-    is applied; transparency is composited over white paper.
+    is applied; transparency is composited over white paper. Raises ``ImageError`` (and nothing
+    else) for any file that cannot be read, naming the underlying exception.
     """
     img = _open(data, max_bytes, max_pixels)
     try:
         img.seek(0)
-        img = ImageOps.exif_transpose(img) or img
-        return _grayscale(img)
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        raise ImageDecodeError(f"image data is truncated or corrupt ({_reason(exc)})") from exc
+        img.load()  # here, so that a decoding error is never mistaken for unreadable metadata
+        gray = _grayscale(_upright(img))
+    except ImageError:
+        raise
+    except Exception as exc:
+        raise _failure("image data is truncated or corrupt", exc) from exc
+    if not np.isfinite(gray).all():
+        raise ImageDecodeError("image has pixels that are not a number or infinite (a corrupt float image)")
+    return gray
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """The page turned as its EXIF orientation says. Only that one tag is read: Pillow's
+    ``exif_transpose`` also re-encodes the whole EXIF block, and raises (struct.error,
+    ZeroDivisionError, ...) on hostile values in tags we never use. An EXIF block that cannot be
+    read at all, or an orientation out of range, leaves the page as stored."""
+    try:
+        orientation = img.getexif().get(_EXIF_ORIENTATION)
+    except Exception:  # unreadable metadata must not cost a readable page
+        return img
+    method = _UPRIGHT.get(orientation) if type(orientation) is int else None
+    return img if method is None else img.transpose(method)
+
+
+def _failure(what: str, exc: Exception) -> ImageError:
+    """The ``ImageError`` for an exception Pillow or numpy raised on one image's bytes."""
+    reason = _reason(exc)
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)) or (
+        isinstance(exc, ValueError) and "decompressed data too large" in str(exc).lower()
+    ):
+        return ImageTooLargeError(f"image refused as a decompression bomb ({reason})")
+    if isinstance(exc, MemoryError):
+        return ImageTooLargeError(f"image needs more memory than this process has ({reason})")
+    return ImageDecodeError(f"{what} ({reason})")
 
 
 def _grayscale(img: Image.Image) -> np.ndarray:
@@ -205,10 +272,23 @@ def normalize(image: np.ndarray) -> np.ndarray:
 
 
 def preprocess(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
-    """Image bytes -> the network's input, (1, 28, 28) float32. The serving entry point."""
-    return normalize(prepare(decode(data, max_bytes=max_bytes, max_pixels=max_pixels)))
+    """Image bytes -> the network's input, (1, 28, 28) float32. The serving entry point.
+
+    Raises ``ImageError`` (and nothing else) for an image that cannot be recognised.
+    """
+    gray = decode(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    try:
+        return normalize(prepare(gray))
+    except ImageError:
+        raise
+    except Exception as exc:  # a page no one foresaw must fail alone, with its cause named
+        raise ImageDecodeError(f"image could not be preprocessed ({_reason(exc)})") from exc
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
+    """``type: message``, the type qualified by its module unless built in (``struct.error``)."""
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    message = " ".join(str(exc).split())
+    text = f"{name}: {message}" if message else name
     return text if len(text) < 200 else text[:197] + "..."

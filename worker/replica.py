@@ -99,6 +99,10 @@ class Replica:
                 slots.append((i, (time.perf_counter() - start) * 1000))
             except ImageError as exc:  # this image fails alone
                 out[i] = Served(None, None, str(exc), (time.perf_counter() - start) * 1000)
+            except Exception as exc:  # defence in depth: whatever a decoder raises, never the batch
+                log.warning("preprocessing raised %s, not ImageError", type(exc).__name__, exc_info=True)
+                error = f"{type(exc).__name__}: {exc}"[:300]
+                out[i] = Served(None, None, error, (time.perf_counter() - start) * 1000)
         if inputs:
             start = time.perf_counter()
             predictions = engine.predict(torch.from_numpy(np.stack(inputs)))

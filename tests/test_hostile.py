@@ -197,12 +197,12 @@ def test_review_export_writes_only_inside_its_folder(
     real = jobs.create(3)
     crafted = "../../evil"
     client.hset(keys.job(crafted), mapping={"total": 1, "done": 0, "failed": 0, "created": 0})
-    bodies = [
+    bodies: list[dict[str, Any]] = [
         {"item": "../../evil.png", "label": 1},
         {"item": "a.png", "label": '1,"2"\n../../x.png,3'},
         {"item": "b.png\n,9", "label": "=cmd|' /C calc'!A0"},
     ]
-    common = {"digest": digest, "review": True, "confidence": 0.2, "top3": []}
+    common: dict[str, Any] = {"digest": digest, "review": True, "confidence": 0.2, "top3": []}
     results = [ItemResult(real, n, body | common) for n, body in enumerate(bodies)]
     results.append(ItemResult(crafted, 0, {"item": "x.png", "label": 2} | common))
     jobs.write_results(results)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from config.errors import ImageError
 from config.settings import Settings
-from producer.files import find_images
+from producer.files import find_images, read_capped
 from recognizer import scan
 from recognizer.engine import Prediction
 from storage.connection import connect
@@ -72,6 +73,19 @@ def _probe_fails(data: bytes) -> bool:
     except ImageError:
         return True
     return False
+
+
+def test_files_are_read_capped_and_only_when_regular(tmp_path: Path) -> None:
+    """A FIFO or device with an image's name is refused at once, never waited on; a large file is
+    read only one byte past the limit."""
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="not a regular file"):
+        read_capped(fifo, 100)
+    with pytest.raises(OSError, match="not a regular file"):
+        read_capped(Path("/dev/zero"), 100)
+    (tmp_path / "big.png").write_bytes(b"x" * 10_000)
+    assert len(read_capped(tmp_path / "big.png", 100)) == 101
 
 
 class _Engine:

@@ -159,6 +159,7 @@ def _failure(what: str, exc: Exception) -> ImageError:
     """The ``ImageError`` for an exception Pillow or numpy raised on one image's bytes."""
     reason = _reason(exc)
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)) or (
+        # Pillow's cap on inflating PNG text and ICC chunks (MAX_TEXT_CHUNK) says so only in words.
         isinstance(exc, ValueError) and "decompressed data too large" in str(exc).lower()
     ):
         return ImageTooLargeError(f"image refused as a decompression bomb ({reason})")

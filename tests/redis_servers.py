@@ -7,18 +7,20 @@ certificate for 127.0.0.1 signed by it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from producer.local import free_port
 
-__all__ = ["Certificates", "make_certificates", "redis_process"]
+__all__ = ["Certificates", "make_certificates", "publish_untrained", "redis_process", "untrained_model", "values"]
 
 
 class Certificates:
@@ -84,17 +86,50 @@ def redis_process(*args: str, port: int | None = None) -> Iterator[tuple[subproc
 def values(client: redis.Redis) -> Iterator[tuple[str, bytes]]:
     """Every key and everything stored under it, as bytes (for scanning for secrets)."""
     for key in client.scan_iter(count=1000):
-        kind = client.type(key).decode()
-        name = key.decode()
+        name = _bytes(key).decode()
+        kind = _bytes(client.type(key)).decode()
+        found: list[Any] = [key]
         if kind == "string":
-            yield name, client.get(key) or b""
+            found.append(client.get(key))
         elif kind == "hash":
-            for f, v in client.hgetall(key).items():
-                yield name, f + b"=" + v
+            found += [part for pair in client.hgetall(key).items() for part in pair]
         elif kind == "list":
-            yield from ((name, v) for v in client.lrange(key, 0, -1))
+            found += client.lrange(key, 0, -1)
         elif kind == "set":
-            yield from ((name, v) for v in client.smembers(key))
+            found += client.smembers(key)
         elif kind == "zset":
-            yield from ((name, v) for v in client.zrange(key, 0, -1))
-        yield name, name.encode()
+            found += client.zrange(key, 0, -1)
+        yield from ((name, _bytes(v)) for v in found if v is not None)
+
+
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+@functools.cache
+def untrained_model() -> tuple[bytes, dict[str, object]]:
+    """A real but untrained network and its metadata: these tests check plumbing, not accuracy, and
+    building it takes a second where training takes minutes on a busy machine."""
+    import torch
+
+    from recognizer import artifact, network, scan
+
+    torch.manual_seed(0)
+    meta = {
+        "arch": dict(network.DEFAULT_ARCH),
+        "preprocess_version": scan.PREPROCESS_VERSION,
+        "temperature": 1.0,
+        "data_fingerprint": "untrained",
+        "metrics": {},
+        "status": "promoted",
+    }
+    return artifact.dump(network.build()), meta
+
+
+def publish_untrained(client: redis.Redis) -> str:
+    """Publish ``untrained_model`` as the current version; its name."""
+    from storage.keys import Keys
+    from storage.registry import Registry, VersionInfo
+
+    weights, meta = untrained_model()
+    return Registry(client, Keys()).publish(weights, VersionInfo(**meta)).version  # type: ignore[arg-type]

@@ -16,9 +16,8 @@ from producer.local import free_port
 from storage.connection import connect
 from storage.keys import Keys
 from storage.queue import make_app
-from storage.registry import Registry, VersionInfo
 from tests.conftest import BIN, MnistArrays, WorkerProcess, write_digits
-from tests.redis_servers import make_certificates, redis_process, values
+from tests.redis_servers import make_certificates, publish_untrained, redis_process, values
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,9 +38,9 @@ def run(env: dict[str, str], tool: str, *args: str, timeout: float = 180) -> sub
     )
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(300)
 def test_producer_worker_and_trainer_over_verified_tls_with_a_password(
-    env: dict[str, str], small_model: tuple[bytes, dict[str, object]], mnist_test: MnistArrays, tmp_path: Path
+    env: dict[str, str], mnist_test: MnistArrays, tmp_path: Path
 ) -> None:
     password = "pw-" + secrets.token_hex(12)
     port = free_port()
@@ -49,8 +48,7 @@ def test_producer_worker_and_trainer_over_verified_tls_with_a_password(
     url = f"rediss://:{password}@127.0.0.1:{port}/0?ssl_ca_certs={certs.ca}"
     with server:
         client = connect(url)
-        weights, meta = small_model
-        version = Registry(client, Keys()).publish(weights, VersionInfo(**meta)).version  # type: ignore[arg-type]
+        version = publish_untrained(client)
         tls_env = env | {"INKQ_REDIS_URL": url, "INKQ_LOG_LEVEL": "info"}
         worker = WorkerProcess(
             tls_env, "tls", tmp_path / "worker.log", {"compile": "false", "precision": "fp32", "worker_threads": "2"}

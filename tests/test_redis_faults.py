@@ -93,16 +93,32 @@ def test_a_redis_crash_mid_job_loses_nothing(env: dict[str, str], mnist_test: Mn
         pid = int(client.info("server")["process_id"])
         os.kill(pid, signal.SIGKILL)
         crashed = time.monotonic()
+
+        # Stay down until the worker has noticed on every connection and its model watch has failed
+        # to resubscribe once more, so that each part must reconnect on its own.
+        def noticed() -> bool:
+            log = worker.log_path.read_text()
+            return "Connection to broker lost" in log and log.count("model version watch failed") >= 2
+
+        wait_for(noticed, 60, "the worker to notice the crash")
     with local_redis(state, port=port, fsync="always") as again:
         downtime = time.monotonic() - crashed
         assert again == url
-        jobs = Jobs(connect(again), Keys(), ttl_s=3600)
+        client = connect(again)
+        jobs = Jobs(client, Keys(), ttl_s=3600)
         try:
             wait_for(lambda: jobs.status(job).complete, 240, "the job to complete after the restart", interval=0.2)
             elapsed = time.monotonic() - started
             status = jobs.status(job)
             results = jobs.results(job)
+            # The same worker process is still serving, and its model watch came back with Redis.
             assert worker.process.poll() is None, "the worker died instead of reconnecting"
+            newer = publish_untrained(client)
+            wait_for(
+                lambda: json.loads(client.get(Keys().worker(worker.name)) or "{}").get("version") == newer,
+                90,
+                "a hot swap after the restart",
+            )
         finally:
             worker.stop()
     assert done_at_crash < total, "the job ended before the crash: nothing was tested"

@@ -2,7 +2,7 @@
 
 Every key expires (jobs, results and images after INKQ_RESULT_TTL_S, worker heartbeats and locks
 after seconds) except those matched by ``DURABLE``, each with the reason it must not expire;
-tests/test_redis_ops.py scans a Redis after a real job to hold every key to that.
+tests/test_redis_faults.py scans a Redis after a real job to hold every key to that.
 """
 
 from __future__ import annotations

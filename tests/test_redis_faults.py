@@ -76,51 +76,51 @@ def test_every_key_a_job_leaves_expires_or_is_durable_by_design(
 def test_a_redis_crash_mid_job_loses_nothing(env: dict[str, str], mnist_test: MnistArrays, tmp_path: Path) -> None:
     total = 600
     state, port = tmp_path / "redis-state", free_port()
-    with contextlib.ExitStack() as first:
-        # appendfsync always: Redis answers a write only after it is on disk, so a SIGKILL (a crash,
-        # not a clean shutdown that would flush anyway) loses nothing that any client was told.
-        url = first.enter_context(local_redis(state, port=port, fsync="always"))
-        client = connect(url)
-        publish_untrained(client)
-        run_env = env | {"INKQ_REDIS_URL": url, "INKQ_CHUNK_SIZE": "10", "INKQ_VISIBILITY_TIMEOUT_S": "20"}
-        worker = WorkerProcess(run_env, "crash", tmp_path / "worker.log", WORKER | {"prefetch_multiplier": "1"})
-        truth = write_digits(tmp_path / "scans", mnist_test[0][:total], mnist_test[1][:total])
-        started = time.monotonic()
-        job = submit(run_env, tmp_path / "scans")
-        jobs = Jobs(client, Keys(), ttl_s=3600)
-        wait_for(lambda: jobs.status(job).done >= 60, 120, "the job to be under way")
-        done_at_crash = jobs.status(job).done
-        pid = int(client.info("server")["process_id"])
-        os.kill(pid, signal.SIGKILL)
-        crashed = time.monotonic()
+    with contextlib.ExitStack() as cleanup:
+        with contextlib.ExitStack() as first:
+            # appendfsync always: Redis answers a write only after it is on disk, so a SIGKILL (a crash,
+            # not a clean shutdown that would flush anyway) loses nothing that any client was told.
+            url = first.enter_context(local_redis(state, port=port, fsync="always"))
+            client = connect(url)
+            publish_untrained(client)
+            run_env = env | {"INKQ_REDIS_URL": url, "INKQ_CHUNK_SIZE": "10", "INKQ_VISIBILITY_TIMEOUT_S": "20"}
+            worker = WorkerProcess(run_env, "crash", tmp_path / "worker.log", WORKER | {"prefetch_multiplier": "1"})
+            cleanup.callback(worker.stop)
+            truth = write_digits(tmp_path / "scans", mnist_test[0][:total], mnist_test[1][:total])
+            started = time.monotonic()
+            job = submit(run_env, tmp_path / "scans")
+            jobs = Jobs(client, Keys(), ttl_s=3600)
+            wait_for(lambda: jobs.status(job).done >= 60, 120, "the job to be under way")
+            done_at_crash = jobs.status(job).done
+            pid = int(client.info("server")["process_id"])
+            os.kill(pid, signal.SIGKILL)
+            crashed = time.monotonic()
 
-        # Stay down until the worker has noticed on every connection and its model watch has failed
-        # to resubscribe once more, so that each part must reconnect on its own.
-        def noticed() -> bool:
-            log = worker.log_path.read_text()
-            return "Connection to broker lost" in log and log.count("model version watch failed") >= 2
+            # Stay down until the worker has noticed on every connection and its model watch has failed
+            # to resubscribe once more, so that each part must reconnect on its own.
+            def noticed() -> bool:
+                log = worker.log_path.read_text()
+                return "Connection to broker lost" in log and log.count("model version watch failed") >= 2
 
-        wait_for(noticed, 60, "the worker to notice the crash")
-    with local_redis(state, port=port, fsync="always") as again:
+            wait_for(noticed, 60, "the worker to notice the crash")
+        again = cleanup.enter_context(local_redis(state, port=port, fsync="always"))
+        cleanup.callback(worker.stop)  # before that Redis goes (stop does nothing the second time)
         downtime = time.monotonic() - crashed
         assert again == url
         client = connect(again)
         jobs = Jobs(client, Keys(), ttl_s=3600)
-        try:
-            wait_for(lambda: jobs.status(job).complete, 240, "the job to complete after the restart", interval=0.2)
-            elapsed = time.monotonic() - started
-            status = jobs.status(job)
-            results = jobs.results(job)
-            # The same worker process is still serving, and its model watch came back with Redis.
-            assert worker.process.poll() is None, "the worker died instead of reconnecting"
-            newer = publish_untrained(client)
-            wait_for(
-                lambda: json.loads(client.get(Keys().worker(worker.name)) or "{}").get("version") == newer,
-                90,
-                "a hot swap after the restart",
-            )
-        finally:
-            worker.stop()
+        wait_for(lambda: jobs.status(job).complete, 240, "the job to complete after the restart", interval=0.2)
+        elapsed = time.monotonic() - started
+        status = jobs.status(job)
+        results = jobs.results(job)
+        # The same worker process is still serving, and its model watch came back with Redis.
+        assert worker.process.poll() is None, "the worker died instead of reconnecting"
+        newer = publish_untrained(client)
+        wait_for(
+            lambda: json.loads(client.get(Keys().worker(worker.name)) or "{}").get("version") == newer,
+            90,
+            "a hot swap after the restart",
+        )
     assert done_at_crash < total, "the job ended before the crash: nothing was tested"
     assert (status.total, status.done, status.failed) == (total, total, 0)
     items = [r["item"] for r in results]

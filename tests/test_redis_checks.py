@@ -153,6 +153,7 @@ def test_a_snapshot_only_state_dir_is_carried_into_aof(tmp_path: Path) -> None:
     with local_redis(state) as url:
         assert connect(url).get("labels") == b"precious"
         assert connect(url).config_get("appendonly")["appendonly"] == "yes"
+    assert (state / "appendonly").is_dir()
     with local_redis(state) as url:
         assert connect(url).get("labels") == b"precious"
 

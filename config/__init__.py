@@ -12,6 +12,7 @@ from config.errors import (
     JobNotFoundError,
     ModelError,
     StoreUnavailableError,
+    UnsafeStoreError,
     VersionNotFoundError,
     WeightsUnavailableError,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "ModelError",
     "Settings",
     "StoreUnavailableError",
+    "UnsafeStoreError",
     "VersionNotFoundError",
     "WeightsUnavailableError",
     "describe",

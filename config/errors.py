@@ -55,5 +55,9 @@ class StoreUnavailableError(InkqError):
     """Redis cannot be reached at the configured URL."""
 
 
+class UnsafeStoreError(InkqError):
+    """Redis is configured so that it can lose inkq's keys (an evicting maxmemory-policy)."""
+
+
 class JobNotFoundError(InkqError):
     """No job with that id exists (or it has expired)."""

@@ -29,9 +29,22 @@ class Settings:
     # Connections
     redis_url: str = _field(
         "redis://127.0.0.1:6379/0",
-        "Redis URL for queue, results and model registry; rediss:// for TLS, password in the URL.",
+        "Redis URL for queue, results and model registry; rediss:// for TLS (always verified; a private CA "
+        "with ?ssl_ca_certs=/path/ca.pem, a client certificate with ssl_certfile and ssl_keyfile), "
+        "password in the URL.",
     )
     key_prefix: str = _field("inkq", "Prefix of every Redis key inkq writes.")
+    redis_timeout_s: float = _field(
+        30.0,
+        "Seconds a Redis command may wait for a reply before failing, so a half-open connection cannot hang "
+        "a thread (blocking reads wait at most 1 s, so keep this well above that).",
+        minimum=5.0,
+    )
+    allow_eviction: bool = _field(
+        False,
+        "Start even when Redis's maxmemory-policy can evict inkq's keys (anything but noeviction): "
+        "queued images, jobs or models may then vanish.",
+    )
     log_level: str = _field(
         "warning", "Log level of every inkq process.", choices=("debug", "info", "warning", "error")
     )

@@ -30,6 +30,7 @@ from storage.connection import connect
 from storage.jobs import Jobs, JobStatus
 from storage.keys import Keys
 from storage.labels import NUM_CLASSES, Labels
+from storage.redis_checks import check_store
 
 # Images are read, hashed and stored in groups this size: one Redis round trip per group.
 STORE_GROUP = 256
@@ -58,7 +59,8 @@ class Client:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or load_settings()
         self.keys = Keys(self.settings.key_prefix)
-        self.redis = connect(self.settings.redis_url)
+        self.redis = connect(self.settings)
+        check_store(self.redis, self.settings, "producer")
         self.jobs = Jobs(self.redis, self.keys, self.settings.result_ttl_s)
         self.app = queue.make_app(self.settings)
         self.labels = Labels(self.redis, self.keys)

@@ -1,4 +1,9 @@
-"""The one place that builds Redis key names. Nothing else spells a key."""
+"""The one place that builds Redis key names. Nothing else spells a key.
+
+Every key expires (jobs, results and images after INKQ_RESULT_TTL_S, worker heartbeats and locks
+after seconds) except those matched by ``DURABLE``, each with the reason it must not expire;
+tests/test_redis_faults.py scans a Redis after a real job to hold every key to that.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ class Keys:
     # Model registry
     @property
     def model_sequence(self) -> str:
+        """Counter behind version names. Durable: reused names would confuse workers."""
         return self._k("model", "seq")
 
     @property
@@ -23,13 +29,16 @@ class Keys:
         return self._k("model", "versions")
 
     def model_meta(self, version: str) -> str:
+        """JSON metadata of one version. Durable, like the whole registry."""
         return self._k("model", version, "meta")
 
     def model_weights(self, version: str) -> str:
+        """safetensors bytes of one version. Durable: workers load from here."""
         return self._k("model", version, "weights")
 
     @property
     def model_current(self) -> str:
+        """Name of the version workers serve. Durable."""
         return self._k("model", "current")
 
     @property
@@ -39,6 +48,7 @@ class Keys:
 
     # Images, content-addressed: stored once however often they are submitted
     def image(self, digest: str) -> str:
+        """Image bytes; expire after INKQ_RESULT_TTL_S, renewed by each job that submits them."""
         return self._k("image", digest)
 
     # Jobs and their results
@@ -71,6 +81,9 @@ class Keys:
     # Broker: kombu's own keys (queue lists, unacked messages) live under this prefix
     @property
     def broker_prefix(self) -> str:
+        """kombu's keys: queue lists, unacked messages and their index, exchange bindings. No TTL: they
+        are the work in flight (expiring them would drop queued or unfinished messages); kombu empties
+        them as messages are acknowledged, and bindings are one small set per queue."""
         return self._k("broker") + ":"
 
     def queue_list(self, queue: str) -> str:
@@ -78,6 +91,7 @@ class Keys:
 
     # Labelled samples: durable, never expire
     def label_image(self, digest: str) -> str:
+        """Bytes of a labelled image. Durable: the training data of future retrains."""
         return self._k("label", "image", digest)
 
     @property
@@ -92,6 +106,7 @@ class Keys:
 
     @property
     def labels_sequence(self) -> str:
+        """Counter giving each label its arrival number. Durable, with the labels."""
         return self._k("labels", "seq")
 
     @property
@@ -113,11 +128,12 @@ class Keys:
     # Retraining
     @property
     def retrain_lock(self) -> str:
+        """Held by a running retrain; expires after INKQ_LOCK_TTL_S unless renewed."""
         return self._k("retrain", "lock")
 
     @property
     def retrain_last(self) -> str:
-        """Time of the last retrain by `trainer watch`."""
+        """Time of the last retrain by `trainer watch`. Durable: one number, the watch's schedule."""
         return self._k("retrain", "last")
 
     def worker_stats(self, hostname: str) -> str:
@@ -126,7 +142,25 @@ class Keys:
 
     # The benchmark's naive baseline (bench/naive.py)
     def naive_done(self, run: str) -> str:
+        """Benchmark only (never in production): the benchmark flushes its private Redis."""
         return self._k("naive", run, "done")
 
     def naive_result(self, run: str, name: str) -> str:
         return self._k("naive", run, "result", name)
+
+
+# Keys that never expire, as glob patterns below the prefix, with the reason. Everything else
+# inkq writes must carry a TTL.
+DURABLE: dict[str, str] = {
+    "model:*": "the model registry: versions, weights, current, the version counter, events",
+    "label:image:*": "labelled images, the training data of future retrains",
+    "labels": "the labels themselves",
+    "labels:*": "label arrival log, counter and the used/tried watermarks",
+    "retrain:last": "one timestamp: when `trainer watch` last retrained",
+    "broker:*": "kombu's queue lists, unacked messages and bindings: work in flight, emptied by acknowledgement",
+}
+
+
+def durable_patterns(keys: Keys) -> list[str]:
+    """``DURABLE`` as full glob patterns under ``keys.prefix``."""
+    return [f"{keys.prefix}:{pattern}" for pattern in DURABLE]

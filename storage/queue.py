@@ -14,6 +14,7 @@ import redis
 from celery import Celery
 
 from config.settings import Settings
+from storage.connection import CONNECT_TIMEOUT_S, HEALTH_CHECK_S, broker_url, tls_options
 from storage.keys import Keys
 
 TASK_NAME = "inkq.recognize"
@@ -21,7 +22,10 @@ TASK_NAME = "inkq.recognize"
 
 def make_app(settings: Settings) -> Celery:
     keys = Keys(settings.key_prefix)
-    app = Celery("inkq", broker=settings.redis_url, set_as_current=False)
+    # TLS options travel as broker_use_ssl, read from the URL exactly as redis-py reads them: kombu
+    # verifies the certificate too (without them it would fall back to CERT_NONE).
+    tls = tls_options(settings.redis_url)
+    app = Celery("inkq", broker=broker_url(settings.redis_url), set_as_current=False)
     restore_every = max(1, min(10, settings.visibility_timeout_s // 4))
     app.conf.update(
         task_serializer="json",
@@ -40,11 +44,16 @@ def make_app(settings: Settings) -> Celery:
         worker_pool="threads",
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
+        broker_use_ssl=tls or False,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,
             "unacked_restore_interval": restore_every,
             "unacked_restore_throttle": 1,
             "global_keyprefix": keys.broker_prefix,
+            # A half-open connection fails a command instead of hanging it; kombu's BRPOP waits 1 s.
+            "socket_timeout": settings.redis_timeout_s,
+            "socket_connect_timeout": CONNECT_TIMEOUT_S,
+            "health_check_interval": HEALTH_CHECK_S,
         },
     )
     return app

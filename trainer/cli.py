@@ -12,11 +12,14 @@ from config.settings import Settings, env_var
 from storage.connection import connect
 from storage.keys import Keys
 from storage.labels import Labels
+from storage.redis_checks import check_store
 from storage.registry import Registry
 
 
 def _registry(settings: Settings) -> Registry:
-    return Registry(connect(settings.redis_url), Keys(settings.key_prefix))
+    client = connect(settings)
+    check_store(client, settings, "trainer")
+    return Registry(client, Keys(settings.key_prefix))
 
 
 def _labels(registry: Registry) -> Labels:

@@ -14,8 +14,11 @@ from typing import Any
 from celery import Task, signals
 from celery.exceptions import Reject
 
+from config.errors import UnsafeStoreError
 from config.settings import load_settings
+from storage.connection import connect
 from storage.queue import TASK_NAME, make_app
+from storage.redis_checks import check_store
 from worker.replica import Replica
 
 log = logging.getLogger("worker")
@@ -35,6 +38,11 @@ def replica() -> Replica:
 @signals.worker_init.connect
 def _load_model(**_: Any) -> None:
     logging.getLogger().setLevel(settings.log_level.upper())
+    try:
+        check_store(connect(settings), settings, "worker")
+    except UnsafeStoreError as exc:
+        log.critical("%s", exc)
+        raise SystemExit(1) from exc  # Celery only logs ordinary exceptions raised by signal handlers
     replica()
 
 

@@ -31,7 +31,7 @@ from config.errors import ImageError
 from config.settings import Settings
 from recognizer import scan
 from recognizer.engine import Engine, Prediction, engine_for
-from storage.connection import connect
+from storage.connection import BLOCK_S, connect
 from storage.jobs import ItemResult, Jobs
 from storage.keys import Keys
 from storage.registry import Registry, text
@@ -59,7 +59,7 @@ class Replica:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
-        self.redis = connect(settings.redis_url)
+        self.redis = connect(settings)
         self.jobs = Jobs(self.redis, self.keys, settings.result_ttl_s)
         self.registry = Registry(self.redis, self.keys)
         self.hostname = socket.gethostname()
@@ -185,11 +185,12 @@ class Replica:
 
     def _watch_versions(self) -> None:
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(self.keys.model_events)
         last_check = time.monotonic()
         while not self._stop.is_set():
             try:
-                message = pubsub.get_message(timeout=1.0)
+                if not pubsub.subscribed:  # first time, and after Redis went away (a restart, a failover)
+                    pubsub.subscribe(self.keys.model_events)
+                message = pubsub.get_message(timeout=BLOCK_S)
                 announced = text(message["data"]) if message else None
                 if announced or time.monotonic() - last_check > VERSION_CHECK_S:
                     last_check = time.monotonic()
@@ -197,8 +198,8 @@ class Replica:
             except Exception:  # Redis blips: keep watching, keep serving
                 log.warning("model version watch failed; retrying", exc_info=True)
                 self._stop.wait(1.0)
+                pubsub.close()
                 pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(self.keys.model_events)
         pubsub.close()
 
     # Readiness, for operators and tests: a key per ready worker, kept alive by a heartbeat.

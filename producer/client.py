@@ -129,9 +129,8 @@ class Client:
             )
         token = uuid.uuid4().hex
         job = self.lifecycle.begin(items, self.settings.chunk_size, {"paths": paths[:20]}, token)
-        if started:
-            started(job, len(items))
-        sent = self._queue(job, token, len(items), self.settings.chunk_size, set(), wait_for_room, room_timeout)
+        plan = (len(items), self.settings.chunk_size, set[int]())
+        sent = self._queue(job, token, plan, wait_for_room, room_timeout, started)
         return SubmitReport(job, len(items), stored, rejected, sent)
 
     def resume(
@@ -145,20 +144,28 @@ class Client:
         """Finish an interrupted submit: queue exactly the chunks of ``job`` not yet queued, in
         the chunk size the job was begun with."""
         token = uuid.uuid4().hex
-        total, chunk, done = self.lifecycle.plan(job, token)
-        if started:
-            started(job, total)
-        sent = self._queue(job, token, total, chunk, done, wait_for_room, room_timeout)
-        return SubmitReport(job, total, 0, [], sent)
+        plan = self.lifecycle.plan(job, token)
+        sent = self._queue(job, token, plan, wait_for_room, room_timeout, started)
+        return SubmitReport(job, plan[0], 0, [], sent)
 
     def _queue(
-        self, job: str, token: str, total: int, chunk: int, done: set[int], wait: bool, timeout: float | None
+        self,
+        job: str,
+        token: str,
+        plan: tuple[int, int, set[int]],
+        wait: bool,
+        timeout: float | None,
+        started: Callable[[str, int], None] | None,
     ) -> int:
-        """Send every chunk not in ``done``, recording each; the job's lease is renewed as it goes
-        and freed on any exit, so an interrupted submit can be resumed at once."""
+        """Send every chunk of ``plan`` (total, chunk size, chunks already queued) not yet queued,
+        recording each; the job's lease is renewed as it goes and freed on any exit, so an
+        interrupted submit can be resumed at once."""
+        total, chunk, done = plan
         sent = 0
         chunks = range(-(-total // chunk))
         try:
+            if started:
+                started(job, total)
             for number in (c for c in chunks if c not in done):
                 self.lifecycle.hold(job, token)  # stops here if the job was cancelled meanwhile
                 try:

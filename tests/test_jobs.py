@@ -17,8 +17,8 @@ import redis
 from config import Settings
 from producer.client import Client, QueueFullError
 from storage import queue
-from storage.jobs import ItemResult, Jobs, JobState
-from tests.conftest import BIN, MnistArrays, wait_for, write_digits
+from storage.jobs import ItemResult, JobState
+from tests.conftest import BIN, MnistArrays, write_digits
 
 
 def producer(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

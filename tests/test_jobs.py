@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from config import Settings
+from config.errors import JobStateError
 from producer.client import Client, QueueFullError
 from storage import queue
 from storage.jobs import ItemResult, JobState
@@ -53,7 +54,7 @@ def test_no_wait_on_a_full_queue_leaves_a_resumable_job(
     assert (report.items, report.messages) == (5, 3)  # the job's own chunk size, only the missing chunks
     assert queue.depth(client.redis, client.settings) == 5  # each item's message exactly once
     assert client.status(job).state is JobState.QUEUED
-    with pytest.raises(Exception, match="nothing to resume"):
+    with pytest.raises(JobStateError, match="nothing to resume"):
         roomy.resume(job)
 
 
@@ -61,7 +62,7 @@ def test_resume_refuses_while_the_submitter_lives(redis_url: str, mnist_test: Mn
     write_digits(tmp_path / "scans", mnist_test[0][:2], mnist_test[1][:2])
     client = Client(Settings(redis_url=redis_url, submit_lease_s=60))
     job = client.lifecycle.begin([(0, "a", "x.png")], 1, None, "live-submitter")
-    with pytest.raises(Exception, match="being submitted by another process"):
+    with pytest.raises(JobStateError, match="being submitted by another process"):
         client.resume(job)
     assert client.status(job).state is JobState.SUBMITTING
 
@@ -85,8 +86,12 @@ def producer_status_hint(client: Client, job: str) -> str:
 def test_cancel_during_submit_stops_queueing(redis_url: str, mnist_test: MnistArrays, tmp_path: Path) -> None:
     write_digits(tmp_path / "scans", mnist_test[0][:4], mnist_test[1][:4])
     client = Client(Settings(redis_url=redis_url, chunk_size=1))
-    with pytest.raises(Exception, match="cancelled while it was being submitted"):
-        client.submit([str(tmp_path / "scans")], started=lambda job, n: client.cancel(job))
+
+    def cancel_at_once(job: str, items: int) -> None:
+        client.cancel(job)
+
+    with pytest.raises(JobStateError, match="cancelled while it was being submitted"):
+        client.submit([str(tmp_path / "scans")], started=cancel_at_once)
     assert queue.depth(client.redis, client.settings) == 0
 
 

@@ -101,9 +101,14 @@ class Lifecycle:
         error = f"cancelled: job {job} was cancelled (`producer cancel`) before this item had a result"
         cancelled = 0
         for page in self._pages(job, status.total):
+            # Bodies only for items still without a result (the script re-checks each one).
+            pipe = self.redis.pipeline(transaction=False)
+            for index, _, _ in page:
+                pipe.hexists(keys[1], str(index))
             args: list[Any] = [time.time(), self.jobs.ttl_s]
-            for index, digest, path in page:
-                args += [index, json.dumps(_cancelled(path, digest, error), separators=(",", ":"))]
+            for (index, digest, path), written in zip(page, pipe.execute(), strict=True):
+                if not written:
+                    args += [index, json.dumps(_cancelled(path, digest, error), separators=(",", ":"))]
             added = int(self._cancel(keys=keys, args=args))
             if added == -1:
                 return None

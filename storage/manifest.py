@@ -62,7 +62,15 @@ class Manifest:
 
     def find(self, job: str, path: str) -> Item | None:
         """The first item submitted under ``path``, read a page at a time."""
-        return next((item for page in self.pages(job) for item in page if item[2] == path), None)
+        key, needle = self.keys.job_items(job), json.dumps(path).encode()
+        start = 0
+        while raw := self.redis.lrange(key, start, start + PAGE - 1):
+            for i, entry in enumerate(raw):
+                # Most entries cannot match: a substring test spares decoding them.
+                if needle in entry and _entry(entry)[1] == path:
+                    return (start + i, *_entry(entry))
+            start += len(raw)
+        return None
 
     # Chunks
     def queued(self, job: str) -> set[int]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import signal
 import subprocess
 import threading
 import time
@@ -19,7 +21,7 @@ from config.errors import JobStateError
 from producer.client import Client, QueueFullError
 from storage import queue
 from storage.jobs import ItemResult, JobState
-from tests.conftest import BIN, MnistArrays, write_digits
+from tests.conftest import BIN, MnistArrays, wait_for, write_digits
 
 
 def producer(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -191,3 +193,24 @@ def test_results_are_read_in_pages(env: dict[str, str], redis_url: str) -> None:
     stats = client.redis.info("commandstats")
     assert "cmdstat_hgetall" not in stats, stats.get("cmdstat_hgetall")
     assert stats["cmdstat_hmget"]["calls"] >= 3  # one page of 1,000 indices per call
+
+
+def test_ctrl_c_during_submit_names_the_job_to_resume(
+    env: dict[str, str], redis_url: str, mnist_test: MnistArrays, tmp_path: Path
+) -> None:
+    write_digits(tmp_path / "scans", mnist_test[0][:6], mnist_test[1][:6])
+    client = Client(Settings(redis_url=redis_url))
+    full = env | {"INKQ_CHUNK_SIZE": "1", "INKQ_QUEUE_MAX_MESSAGES": "2"}  # no worker: it waits for room
+    submitter = subprocess.Popen(
+        [str(BIN / "producer"), "submit", str(tmp_path / "scans")], env=full, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for(lambda: queue.depth(client.redis, client.settings) == 2, 30, "two queued messages")
+        submitter.send_signal(signal.SIGINT)
+        _, err = submitter.communicate(timeout=30)
+    finally:
+        submitter.kill()
+    job = re.findall(r"job (\w+): submitting 6 items", err)[0]
+    assert submitter.returncode == 130 and f"run `producer submit --resume {job}`" in err, err
+    assert "Traceback" not in err
+    assert client.status(job).state is JobState.INTERRUPTED  # at once: the lease was freed on the way out

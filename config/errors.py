@@ -61,3 +61,12 @@ class UnsafeStoreError(InkqError):
 
 class JobNotFoundError(InkqError):
     """No job with that id exists (or it has expired)."""
+
+
+class JobStateError(InkqError):
+    """The job is in no state for what was asked (resuming a cancelled job, a lost submit lease)."""
+
+
+class JobInterruptedError(JobStateError):
+    """The submit of a job stopped before every item was queued; `producer submit --resume JOB`
+    queues the rest."""

@@ -90,6 +90,12 @@ class Settings:
         10_000, "Backpressure: `producer submit` waits while the queue holds more messages than this.", minimum=1
     )
     result_ttl_s: int = _field(7 * 24 * 3600, "Seconds jobs, results and their images are kept.", minimum=1)
+    submit_lease_s: int = _field(
+        15,
+        "Seconds a running `producer submit` holds its job between renewals; a job still submitting "
+        "after its hold lapsed is reported interrupted (resume it with `producer submit --resume JOB`).",
+        minimum=1,
+    )
 
     review_threshold: float = _field(
         0.8, "Results less confident than this are marked for review (`producer review`).", minimum=0.0

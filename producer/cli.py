@@ -14,6 +14,7 @@ import click
 from config.cli import Group, emit_json, setup
 from config.settings import Settings, env_var
 from producer.client import Client, count_candidates
+from producer.jobcli import announce, cancel, check_settled, hint, resumable_on_interrupt
 from producer.labelling import from_csv, from_folder
 
 
@@ -25,7 +26,7 @@ def cli(ctx: click.Context) -> None:
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, type=click.Path())
 @click.option(
     "--json",
     "as_json",
@@ -56,6 +57,13 @@ def cli(ctx: click.Context) -> None:
     default=None,
     help="Progress bar on stderr (default: when stderr is a terminal).",
 )
+@click.option(
+    "--resume",
+    metavar="JOB",
+    envvar="INKQ_SUBMIT_RESUME",
+    show_envvar=True,
+    help="Queue the items of JOB whose submit was interrupted (instead of PATHS).",
+)
 @click.pass_obj
 def submit(
     settings: Settings,
@@ -64,15 +72,25 @@ def submit(
     wait_for_room: bool,
     chunk_size: int | None,
     progress: bool | None,
+    resume: str | None,
 ) -> None:
-    """Queue every image under PATHS (files or folders, recursively) as one job; print its id."""
+    """Queue every image under PATHS (files or folders, recursively) as one job; print its id.
+
+    The job id goes to stderr as soon as the job exists, before anything is queued: if the
+    submit stops half-way, `producer submit --resume JOB` queues exactly what is missing.
+    """
+    if bool(paths) == bool(resume):
+        raise click.UsageError("give PATHS to submit, or --resume JOB (not both)")
     client = Client(settings.replace(chunk_size=chunk_size))
-    show = sys.stderr.isatty() if progress is None else progress
-    if show:
-        with click.progressbar(length=count_candidates(paths), label="submitting", file=sys.stderr) as bar:
-            report = client.submit(list(paths), wait_for_room=wait_for_room, progress=bar.update)
-    else:
-        report = client.submit(list(paths), wait_for_room=wait_for_room)
+    show = not resume and (sys.stderr.isatty() if progress is None else progress)
+    seen: list[str] = []
+    started = announce("resuming," if resume else "submitting", seen)
+    with resumable_on_interrupt(seen):
+        if show:
+            with click.progressbar(length=count_candidates(paths), label="submitting", file=sys.stderr) as bar:
+                report = client.submit(list(paths), wait_for_room=wait_for_room, progress=bar.update, started=started)
+        else:
+            report = client.submit(list(paths), wait_for_room=wait_for_room, started=started, resume=resume)
     for bad in report.rejected:
         click.echo(f"rejected {bad['path']}: {bad['error']}", err=True)
     if as_json:
@@ -92,6 +110,8 @@ def status(settings: Settings, job: str, as_json: bool) -> None:
         emit_json(s.as_dict())
     else:
         click.echo(f"{s.job}: {s.state}, {s.done}/{s.total} done, {s.failed} failed")
+        if hint(s):
+            click.echo(hint(s), err=True)
 
 
 FIELDS = ["item", "label", "confidence", "top3", "model_version", "error"]
@@ -124,14 +144,13 @@ FIELDS = ["item", "label", "confidence", "top3", "model_version", "error"]
 )
 @click.pass_obj
 def results(settings: Settings, job: str, wait: bool, timeout: float | None, fmt: str) -> None:
-    """Print one result per item (JSON lines or CSV), in submission order."""
+    """Print one result per item (JSON lines or CSV), in submission order, as they are read."""
     client = Client(settings)
     if wait:
-        s = client.wait(job, timeout)
-        if not s.complete:
-            click.echo(f"timed out after {timeout}s: {s.done}/{s.total} done", err=True)
-            sys.exit(2)
-    rows = client.results(job)
+        check_settled(client.wait(job, timeout), timeout)
+    elif hint(s := client.status(job)):
+        click.echo(hint(s), err=True)
+    rows = client.iter_results(job)
     if fmt == "jsonl":
         out = sys.stdout
         for row in rows:
@@ -315,6 +334,9 @@ def finetune_demo_command(settings: Settings, labels: int, test: int, epochs: in
 
     summary = finetune_demo(settings.replace(data_root=data_root), labels=labels, test=test, epochs=epochs)
     emit_json(summary)
+
+
+cli.add_command(cancel)
 
 
 def main() -> None:

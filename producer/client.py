@@ -4,7 +4,11 @@ from producer import Client
 client = Client()                      # settings from INKQ_* variables
 report = client.submit(["scans/"])
 client.wait(report.job, timeout=60)
-for result in client.results(report.job): ...
+for result in client.iter_results(report.job): ...
+
+A submit stopped half-way (Ctrl-C, a crash, a full queue with ``wait_for_room=False``) leaves
+its job ``submitting`` (``interrupted`` once its lease lapses): ``client.resume(job)`` queues
+exactly the items still missing. ``client.cancel(job)`` ends a job early.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import io
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +35,7 @@ from storage.connection import connect
 from storage.jobs import Jobs, JobStatus
 from storage.keys import Keys
 from storage.labels import NUM_CLASSES, Labels
+from storage.lifecycle import Lifecycle
 from storage.redis_checks import check_store
 
 # Images are read, hashed and stored in groups this size: one Redis round trip per group.
@@ -41,7 +47,9 @@ class NoImagesError(InkqError):
 
 
 class QueueFullError(InkqError):
-    """The queue is deeper than INKQ_QUEUE_MAX_MESSAGES and the caller chose not to wait."""
+    """The queue is deeper than INKQ_QUEUE_MAX_MESSAGES and the caller chose not to wait.
+
+    Raised by a submit, it leaves the job resumable and its message names the job."""
 
 
 @dataclass
@@ -50,9 +58,16 @@ class SubmitReport:
     items: int
     stored: int  # images new to Redis (the rest were already there: deduplicated)
     rejected: list[dict[str, str]] = field(default_factory=list)
+    messages: int = 0  # messages this call queued (a resume sends only the missing ones)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"job": self.job, "items": self.items, "stored": self.stored, "rejected": self.rejected}
+        return {
+            "job": self.job,
+            "items": self.items,
+            "stored": self.stored,
+            "rejected": self.rejected,
+            "messages": self.messages,
+        }
 
 
 class Client:
@@ -61,7 +76,8 @@ class Client:
         self.keys = Keys(self.settings.key_prefix)
         self.redis = connect(self.settings)
         check_store(self.redis, self.settings, "producer")
-        self.jobs = Jobs(self.redis, self.keys, self.settings.result_ttl_s)
+        self.jobs = Jobs(self.redis, self.keys, self.settings.result_ttl_s, self.settings.submit_lease_s)
+        self.lifecycle = Lifecycle(self.jobs)
         self.app = queue.make_app(self.settings)
         self.labels = Labels(self.redis, self.keys)
 
@@ -72,8 +88,17 @@ class Client:
         wait_for_room: bool = True,
         room_timeout: float | None = None,
         progress: Callable[[int], None] | None = None,
+        started: Callable[[str, int], None] | None = None,
+        resume: str | None = None,
     ) -> SubmitReport:
-        """Validate and store every image under ``paths``, create a job and queue its items."""
+        """Validate and store every image under ``paths``, create a job and queue its items.
+
+        The job and its manifest exist before the first message is queued; ``started(job,
+        items)`` is called then, so a caller can tell the user which job to resume should the
+        submit stop half-way. With ``resume=JOB`` the paths are ignored: see ``resume``.
+        """
+        if resume is not None:
+            return self.resume(resume, wait_for_room=wait_for_room, room_timeout=room_timeout, started=started)
         items: list[tuple[int, str, str]] = []
         rejected: list[dict[str, str]] = []
         stored = 0
@@ -108,12 +133,62 @@ class Client:
                 f"no images found under {', '.join(paths)} (supported: "
                 f"{', '.join(sorted(scan.SUPPORTED_SUFFIXES))}); {len(rejected)} rejected{reasons}"
             )
-        job = self.jobs.create(len(items), {"paths": paths[:20]})
-        size = self.settings.chunk_size
-        for start in range(0, len(items), size):
-            self._wait_for_room(wait_for_room, room_timeout)
-            queue.enqueue(self.app, job, items[start : start + size])
-        return SubmitReport(job, len(items), stored, rejected)
+        token = uuid.uuid4().hex
+        job = self.lifecycle.begin(items, self.settings.chunk_size, {"paths": paths[:20]}, token)
+        plan = (len(items), self.settings.chunk_size, set[int]())
+        sent = self._queue(job, token, plan, wait_for_room, room_timeout, started)
+        return SubmitReport(job, len(items), stored, rejected, sent)
+
+    def resume(
+        self,
+        job: str,
+        *,
+        wait_for_room: bool = True,
+        room_timeout: float | None = None,
+        started: Callable[[str, int], None] | None = None,
+    ) -> SubmitReport:
+        """Finish an interrupted submit: queue exactly the chunks of ``job`` not yet queued, in
+        the chunk size the job was begun with."""
+        token = uuid.uuid4().hex
+        plan = self.lifecycle.plan(job, token)
+        sent = self._queue(job, token, plan, wait_for_room, room_timeout, started)
+        return SubmitReport(job, plan[0], 0, [], sent)
+
+    def _queue(
+        self,
+        job: str,
+        token: str,
+        plan: tuple[int, int, set[int]],
+        wait: bool,
+        timeout: float | None,
+        started: Callable[[str, int], None] | None,
+    ) -> int:
+        """Send every chunk of ``plan`` (total, chunk size, chunks already queued) not yet queued,
+        recording each; the job's lease is renewed as it goes and freed on any exit, so an
+        interrupted submit can be resumed at once."""
+        total, chunk, done = plan
+        sent = 0
+        chunks = range(-(-total // chunk))
+        try:
+            if started:
+                started(job, total)
+            for number in (c for c in chunks if c not in done):
+                self.lifecycle.hold(job, token)  # stops here if the job was cancelled meanwhile
+                try:
+                    self._wait_for_room(wait, timeout, keep=lambda: self.lifecycle.hold(job, token))
+                except QueueFullError as exc:
+                    left = len(chunks) - len(done) - sent
+                    raise QueueFullError(
+                        f"{exc}; job {job} is left with {left} of {len(chunks)} messages unsent: "
+                        f"run `producer submit --resume {job}` to queue them"
+                    ) from exc
+                queue.enqueue(self.app, job, self.jobs.manifest.items(job, number * chunk, (number + 1) * chunk))
+                self.lifecycle.queued(job, number)
+                sent += 1
+            self.lifecycle.submitted(job, token)
+        finally:
+            self.lifecycle.release(job, token)
+        return sent
 
     def _check(self, found: Found) -> bytes | str:
         """The file's bytes if it is a plausible image, else why not (cheap: header only).
@@ -137,8 +212,9 @@ class Client:
             return f"not a readable image ({type(exc).__name__}: {exc})"
         return data
 
-    def _wait_for_room(self, wait: bool, timeout: float | None) -> None:
-        """Backpressure: hold off while the queue is deeper than the configured bound."""
+    def _wait_for_room(self, wait: bool, timeout: float | None, keep: Callable[[], None] | None = None) -> None:
+        """Backpressure: hold off while the queue is deeper than the configured bound, calling
+        ``keep`` (which renews the submit's lease) while waiting."""
         bound = self.settings.queue_max_messages
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.05
@@ -151,6 +227,8 @@ class Client:
             if deadline is not None and time.monotonic() > deadline:
                 raise QueueFullError(f"queue stayed at {depth:,} messages or more for {timeout}s")
             time.sleep(delay)  # the queue drains at the workers' pace; nothing to block on
+            if keep:
+                keep()
             delay = min(delay * 2, 1.0)
 
     # Labels
@@ -159,21 +237,22 @@ class Client:
         return self.labels.add(validate(candidates, self.settings), source)
 
     def correct(self, job: str, item: str, label: str) -> dict[str, Any]:
-        """Turn a result into a labelled sample: ``item`` is its path as submitted, or its index."""
+        """Label one item of a job: ``item`` is its index or its path as submitted, looked up in
+        the job's manifest, so it works before the item has a result (``was`` is then None)."""
         target = parse_label_or_raise(label)
-        rows = self.jobs.results(job)
-        index = next((i for i, r in enumerate(rows) if r["item"] == item), None)
-        if index is None and item.isdigit() and int(item) < len(rows):
-            index = int(item)
-        if index is None:
-            raise LabelError(f"job {job} has no result for item {item!r}")
-        row = rows[index]
-        (data,) = self.jobs.fetch_images([row["digest"]])
+        found = self.jobs.item(job, item)
+        if found is None:
+            raise LabelError(
+                f"no result for item {item!r} in job {job}: it is neither a path as submitted "
+                "nor an item index of that job"
+            )
+        (index, digest, path), row = found
+        (data,) = self.jobs.fetch_images([digest])
         if data is None:
             raise LabelError(f"the image of {item!r} has expired (INKQ_RESULT_TTL_S); label it from its file")
-        self.labels.add([(row["digest"], data, target, row["item"])], source=f"correction:{job}")
+        self.labels.add([(digest, data, target, path)], source=f"correction:{job}")
         self.jobs.unmark_review(job, index)
-        return {"job": job, "item": row["item"], "label": target, "was": row["label"]}
+        return {"job": job, "index": index, "item": path, "label": target, "was": row["label"] if row else None}
 
     def review(self, job: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """Results marked for review (low confidence) whose image nobody has labelled yet."""
@@ -220,7 +299,19 @@ class Client:
         return self.jobs.wait(job, timeout)
 
     def results(self, job: str) -> list[dict[str, Any]]:
+        """Every result written so far, in item order (a list: prefer iter_results for large jobs)."""
         return self.jobs.results(job)
+
+    def iter_results(self, job: str) -> Iterator[dict[str, Any]]:
+        """Every result written so far, in item order, read from Redis a page at a time."""
+        return self.jobs.iter_results(job)
+
+    def cancel(self, job: str) -> dict[str, Any]:
+        """Stop ``job``: its items without a result get a ``cancelled`` error result and it
+        completes; a worker still busy with its items changes nothing. Safe to repeat."""
+        cancelled = self.lifecycle.cancel(job)
+        status = self.jobs.status(job)
+        return status.as_dict() | {"cancelled_items": cancelled or 0, "was_complete": cancelled is None}
 
 
 # Job ids are uuid4 hex; anything with a dot or a slash in it did not come from ``Jobs.create``.

@@ -1,10 +1,15 @@
 """Jobs, their images and their results in Redis.
 
-Images are stored once under their content hash. A job is a hash of counters; its results are
-a hash from item index to a JSON result. Results are written by one Lua script per batch, so a
-redelivered item overwrites its own result and the counters stay exact: ``done`` counts
-distinct items with a result, ``failed`` those whose result is an error. Everything expires
-after the configured TTL.
+Images are stored once under their content hash. A job is a hash of counters and a state, with
+a manifest of its items (storage/manifest.py); its results are a hash from item index to a JSON
+result. Results are written by one Lua script per batch, so a redelivered item overwrites its
+own result and the counters stay exact: ``done`` counts distinct items with a result,
+``failed`` those whose result is an error. Everything expires after the configured TTL.
+
+A job's life: ``submitting`` (manifest written, messages being queued; ``interrupted`` once its
+submitter's lease lapsed) -> ``queued`` -> ``running`` -> ``complete``; ``cancelled`` from any
+unfinished state. Only ``submitting``, ``queued`` and ``cancelled`` are stored: the others
+follow from the counters and the lease.
 """
 
 from __future__ import annotations
@@ -12,42 +17,57 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import redis
 
 from config.errors import JobNotFoundError
 from storage.keys import Keys
+from storage.manifest import PAGE, Item, Manifest
 from storage.registry import text
 
-_WRITE_RESULTS = """
-local now, ttl, review = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-for i = 0, #KEYS / 4 - 1 do
-  local job, results, failed, finished = KEYS[4*i+1], KEYS[4*i+2], KEYS[4*i+3], KEYS[4*i+4]
-  local a = 4 + 5 * i
-  local index, body, is_failed, for_review, member = ARGV[a], ARGV[a+1], ARGV[a+2], ARGV[a+3], ARGV[a+4]
-  if redis.call('EXISTS', job) == 1 then
-    local fresh = redis.call('HSET', results, index, body)
-    if fresh == 1 then redis.call('HINCRBY', job, 'done', 1) end
-    if is_failed == '1' then
-      if redis.call('SADD', failed, index) == 1 then redis.call('HINCRBY', job, 'failed', 1) end
-    elseif redis.call('SREM', failed, index) == 1 then
-      redis.call('HINCRBY', job, 'failed', -1)
-    end
-    if for_review == '1' then redis.call('ZADD', review, now, member) end
-    redis.call('EXPIRE', results, ttl)
-    redis.call('EXPIRE', failed, ttl)
-    if fresh == 1 and redis.call('HGET', job, 'done') == redis.call('HGET', job, 'total') then
-      redis.call('HSET', job, 'finished', now)
-      redis.call('RPUSH', finished, '1')
-      redis.call('EXPIRE', finished, ttl)
-    end
-  end
-end
-return #KEYS / 4
-"""
+__all__ = ["ItemResult", "JobState", "JobStatus", "Jobs", "script"]
+
+
+def script(client: redis.Redis, name: str) -> Any:
+    return client.register_script(Path(__file__).with_name(name).read_text())
+
+
+class JobState(StrEnum):
+    SUBMITTING = "submitting"  # manifest written, messages still being queued
+    INTERRUPTED = "interrupted"  # still submitting, but the submitter is gone: resume it
+    QUEUED = "queued"  # every message queued, no result yet
+    RUNNING = "running"
+    COMPLETE = "complete"
+    CANCELLED = "cancelled"  # unfinished items got a `cancelled` error; counters are final
+
+
+def _state(stored: str | None, done: int, total: int, leased: bool) -> JobState:
+    if stored == JobState.CANCELLED:
+        return JobState.CANCELLED
+    if done >= total:
+        return JobState.COMPLETE
+    if stored == JobState.SUBMITTING:
+        return JobState.SUBMITTING if leased else JobState.INTERRUPTED
+    return JobState.RUNNING if done else JobState.QUEUED
+
+
+_STATUS_FIELDS = ("total", "done", "failed", "created", "finished", "state")
+
+
+def job_fields(total: int, meta: dict[str, Any] | None, state: JobState) -> dict[Any, Any]:
+    return {
+        "total": total,
+        "done": 0,
+        "failed": 0,
+        "created": time.time(),
+        "meta": json.dumps(meta or {}),
+        "state": state.value,
+    }
 
 
 @dataclass(frozen=True)
@@ -58,14 +78,16 @@ class JobStatus:
     failed: int
     created: float
     finished: float | None
+    state: JobState = JobState.QUEUED
 
     @property
     def complete(self) -> bool:
         return self.done >= self.total
 
     @property
-    def state(self) -> str:
-        return "complete" if self.complete else "running" if self.done else "queued"
+    def settled(self) -> bool:
+        """Nothing more will happen to the job without someone acting: waiting is over."""
+        return self.complete or self.state in (JobState.CANCELLED, JobState.INTERRUPTED)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -97,11 +119,13 @@ class ItemResult:
 
 
 class Jobs:
-    def __init__(self, client: redis.Redis, keys: Keys, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, ttl_s: int, lease_s: float = 15.0) -> None:
         self.redis = client
         self.keys = keys
         self.ttl_s = ttl_s
-        self._write = client.register_script(_WRITE_RESULTS)
+        self.lease_s = lease_s
+        self.manifest = Manifest(client, keys, ttl_s)
+        self._write = script(client, "write_results.lua")
 
     # Images
     def store_images(self, images: dict[str, bytes]) -> int:
@@ -134,48 +158,49 @@ class Jobs:
 
     # Jobs
     def create(self, total: int, meta: dict[str, Any] | None = None) -> str:
+        """A job whose caller queues its own messages: no manifest, ``queued`` at once."""
         job = uuid.uuid4().hex
-        fields: dict[Any, Any] = {
-            "total": total,
-            "done": 0,
-            "failed": 0,
-            "created": time.time(),
-            "meta": json.dumps(meta or {}),
-        }
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(self.keys.job(job), mapping=fields)
+        pipe.hset(self.keys.job(job), mapping=job_fields(total, meta, JobState.QUEUED))
         pipe.expire(self.keys.job(job), self.ttl_s)
         pipe.execute()
         return job
 
     def status(self, job: str) -> JobStatus:
-        raw = self.redis.hgetall(self.keys.job(job))
-        if not raw:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(self.keys.job(job), _STATUS_FIELDS)
+        pipe.exists(self.keys.job_lease(job))
+        raw, leased = pipe.execute()
+        if raw[0] is None:
             raise JobNotFoundError(f"no job {job!r} (unknown, or expired after INKQ_RESULT_TTL_S)")
-        data = {text(k): text(v) for k, v in raw.items()}
+        data = {k: text(v) for k, v in zip(_STATUS_FIELDS, raw, strict=True) if v is not None}
+        total, done = int(data["total"]), int(data["done"])
         return JobStatus(
             job=job,
-            total=int(data["total"]),
-            done=int(data["done"]),
+            total=total,
+            done=done,
             failed=int(data["failed"]),
             created=float(data["created"]),
             finished=float(data["finished"]) if "finished" in data else None,
+            state=_state(data.get("state"), done, total, bool(leased)),
         )
 
     def wait(self, job: str, timeout: float | None) -> JobStatus:
-        """Block until the job is complete or ``timeout`` seconds pass; returns the last status."""
+        """Block until the job is settled (complete, cancelled, or its submit interrupted) or
+        ``timeout`` seconds pass; returns the last status."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        finished = self.keys.job_finished(job)
         while True:
             status = self.status(job)
-            if status.complete:
+            if status.settled:
                 return status
             left = 1.0 if deadline is None else deadline - time.monotonic()
             if left <= 0:
                 return status
-            # Woken by the completing write; the timeout re-checks in case another waiter took the token.
-            token = self.redis.blpop([self.keys.job_finished(job)], timeout=max(0.01, min(left, 1.0)))
-            if token is not None:
-                self.redis.rpush(self.keys.job_finished(job), token[1])
+            # Woken by the completing write. BLMOVE rotates the token within its own list, so every
+            # waiter sees it and the key keeps its TTL (a pop and push back would drop it); the
+            # one-second cap re-checks the status, which notices an interrupted submit.
+            self.redis.execute_command("BLMOVE", finished, finished, "LEFT", "RIGHT", max(0.01, min(left, 1.0)))
 
     def write_results(self, results: Iterable[ItemResult]) -> int:
         """Write a batch of results in one round trip; idempotent per (job, index)."""
@@ -226,7 +251,35 @@ class Jobs:
 
     def results(self, job: str) -> list[dict[str, Any]]:
         """Every result written so far, in item order."""
-        self.status(job)
-        raw = self.redis.hgetall(self.keys.job_results(job))
-        ordered = sorted(((int(k), v) for k, v in raw.items()), key=lambda kv: kv[0])
-        return [json.loads(v) for _, v in ordered]
+        return list(self.iter_results(job))
+
+    def iter_results(self, job: str, page: int = PAGE) -> Iterator[dict[str, Any]]:
+        """Every result written so far, in item order, read ``page`` indices per round trip (a
+        million-item job is never held in memory at once)."""
+        total = self.status(job).total
+        key = self.keys.job_results(job)
+        for start in range(0, total, page):
+            for raw in self.redis.hmget(key, [str(i) for i in range(start, min(total, start + page))]):
+                if raw is not None:
+                    yield json.loads(raw)
+
+    def item(self, job: str, ref: str) -> tuple[Item, dict[str, Any] | None] | None:
+        """The item ``ref`` names, by index or by path as submitted, and its result if written."""
+        total = self.status(job).total
+        if self.manifest.length(job) == 0:  # a job made by `create`: only its results know its items
+            return self._item_from_results(job, ref, total)
+        if ref.isdigit() and int(ref) < total:
+            found = next(iter(self.manifest.items(job, int(ref), int(ref) + 1)), None)
+        else:
+            found = self.manifest.find(job, ref)
+        return None if found is None else (found, self.result(job, found[0]))
+
+    def _item_from_results(self, job: str, ref: str, total: int) -> tuple[Item, dict[str, Any] | None] | None:
+        if ref.isdigit() and int(ref) < total:
+            row = self.result(job, int(ref))
+            return None if row is None else ((int(ref), row["digest"], row["item"]), row)
+        for index, raw in self.redis.hscan_iter(self.keys.job_results(job), count=PAGE):
+            row = json.loads(raw)
+            if row.get("item") == ref:
+                return (int(index), row["digest"], row["item"]), row
+        return None

@@ -53,7 +53,7 @@ class Keys:
 
     # Jobs and their results
     def job(self, job_id: str) -> str:
-        """Hash: total, done, failed, created, finished."""
+        """Hash: total, done, failed, created, finished, state, chunk. TTL: the result TTL."""
         return self._k("job", job_id)
 
     def job_results(self, job_id: str) -> str:
@@ -65,8 +65,24 @@ class Keys:
         return self._k("job", job_id, "failed")
 
     def job_finished(self, job_id: str) -> str:
-        """List pushed once when the job completes: waiters block on it instead of polling."""
+        """List pushed once when the job completes (or is cancelled): waiters block on it, rotating
+        it in place (BLMOVE) so it is never re-created without its TTL. TTL: the result TTL."""
         return self._k("job", job_id, "finished")
+
+    def job_items(self, job_id: str) -> str:
+        """List, the job's manifest: item i is JSON [digest, path] at position i. Written before
+        anything is queued; TTL: the result TTL."""
+        return self._k("job", job_id, "items")
+
+    def job_queued(self, job_id: str) -> str:
+        """Set of chunk numbers whose message is queued, so a resumed submit sends only the
+        others. TTL: the result TTL."""
+        return self._k("job", job_id, "queued")
+
+    def job_lease(self, job_id: str) -> str:
+        """String: the token of the `producer submit` queueing this job, renewed while it runs.
+        TTL: INKQ_SUBMIT_LEASE_S; once it lapses an unfinished submit counts as interrupted."""
+        return self._k("job", job_id, "lease")
 
     # Workers
     def worker(self, hostname: str) -> str:
@@ -122,7 +138,8 @@ class Keys:
     # Review queue: low-confidence results waiting for a person
     @property
     def review(self) -> str:
-        """Sorted set: "job:index" -> time marked."""
+        """Sorted set: "job:index" -> time marked. TTL: the result TTL, renewed on each mark; marks
+        older than that (their jobs have expired) are trimmed on write."""
         return self._k("review")
 
     # Retraining

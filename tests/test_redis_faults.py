@@ -53,10 +53,6 @@ def test_every_key_a_job_leaves_expires_or_is_durable_by_design(
     keys = Keys()
     client = connect(redis_url)
     durable = durable_patterns(keys)
-    known_violators = {
-        keys.job_finished(job),  # fixed on branch jobs; remove at merge
-        keys.review,  # fixed on branch jobs; remove at merge
-    }
     seen: dict[str, int] = {}
     for raw in client.scan_iter(count=1000):
         name = raw.decode()
@@ -64,11 +60,7 @@ def test_every_key_a_job_leaves_expires_or_is_durable_by_design(
     assert keys.job(job) in seen
     expiring = [k for k, ttl in seen.items() if ttl > 0]
     assert any(k.startswith(keys.image("")) for k in expiring) and keys.job_results(job) in expiring
-    forever = sorted(
-        k
-        for k, ttl in seen.items()
-        if ttl == -1 and k not in known_violators and not any(fnmatch.fnmatchcase(k, p) for p in durable)
-    )
+    forever = sorted(k for k, ttl in seen.items() if ttl == -1 and not any(fnmatch.fnmatchcase(k, p) for p in durable))
     assert forever == [], f"keys without a TTL and not durable by design (storage/keys.py DURABLE): {forever}"
 
 

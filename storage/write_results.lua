@@ -1,0 +1,40 @@
+-- Write one batch of results, idempotently per (job, index).
+-- KEYS, four per result: job hash, results hash, failed set, finished list.
+-- ARGV: now, ttl, review key, then five per result: index, body, is_failed, for_review, member.
+-- A job that is gone (expired or never created) or cancelled takes no more results: a cancelled
+-- job's counters are final, whatever a worker that was mid-batch writes afterwards.
+local now, ttl, review = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local marked = false
+for i = 0, #KEYS / 4 - 1 do
+  local job, results, failed, finished = KEYS[4*i+1], KEYS[4*i+2], KEYS[4*i+3], KEYS[4*i+4]
+  local a = 4 + 5 * i
+  local index, body, is_failed, for_review, member = ARGV[a], ARGV[a+1], ARGV[a+2], ARGV[a+3], ARGV[a+4]
+  local total = redis.call('HGET', job, 'total')
+  if total and redis.call('HGET', job, 'state') ~= 'cancelled' then
+    local fresh = redis.call('HSET', results, index, body)
+    if fresh == 1 then redis.call('HINCRBY', job, 'done', 1) end
+    if is_failed == '1' then
+      if redis.call('SADD', failed, index) == 1 then redis.call('HINCRBY', job, 'failed', 1) end
+    elseif redis.call('SREM', failed, index) == 1 then
+      redis.call('HINCRBY', job, 'failed', -1)
+    end
+    if for_review == '1' then
+      redis.call('ZADD', review, now, member)
+      marked = true
+    end
+    redis.call('EXPIRE', results, ttl)
+    redis.call('EXPIRE', failed, ttl)
+    if fresh == 1 and redis.call('HGET', job, 'done') == total then
+      redis.call('HSET', job, 'finished', now)
+      redis.call('RPUSH', finished, '1')
+      redis.call('EXPIRE', finished, ttl)
+    end
+  end
+end
+if marked then
+  -- A mark older than the TTL belongs to a job that has expired: trim it here, not only when
+  -- someone lists the queue, and let the whole index expire a TTL after its newest mark.
+  redis.call('ZREMRANGEBYSCORE', review, '-inf', '(' .. (now - ttl))
+  redis.call('EXPIRE', review, ttl)
+end
+return #KEYS / 4

@@ -57,3 +57,11 @@ class StoreUnavailableError(InkqError):
 
 class JobNotFoundError(InkqError):
     """No job with that id exists (or it has expired)."""
+
+
+class MessageError(InkqError):
+    """A queued message is malformed (not ``(job, [[index, digest, path], ...])``); it is dead-lettered."""
+
+
+class ModelStalledError(ModelError):
+    """The worker's model completed no batch within INKQ_STALL_TIMEOUT_S; its messages go to other workers."""

@@ -14,6 +14,7 @@ import click
 from config.cli import Group, emit_json, setup
 from config.settings import Settings, env_var
 from producer.client import Client, count_candidates
+from producer.deadletters import dead_letters
 from producer.labelling import from_csv, from_folder
 
 
@@ -315,6 +316,9 @@ def finetune_demo_command(settings: Settings, labels: int, test: int, epochs: in
 
     summary = finetune_demo(settings.replace(data_root=data_root), labels=labels, test=test, epochs=epochs)
     emit_json(summary)
+
+
+cli.add_command(dead_letters)
 
 
 def main() -> None:

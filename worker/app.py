@@ -97,7 +97,7 @@ def _deliver(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
         raise Reject("worker unhealthy (model stalled)", requeue=True)
     letters = DeadLetters(r.redis, r.keys, settings.result_ttl_s)
     attempt = letters.delivered(task_id)
-    if attempt > 1:
+    if attempt > 1:  # for operators and the fault tests: how often work was done again
         r.redis.hincrby(r.keys.worker_stats(r.hostname), "redelivered", 1)
     if delivery.at_start(attempt, settings.max_deliveries).action is Action.DEAD_LETTER:
         error = letters.last_error(task_id) or "its worker died while handling it"
@@ -134,7 +134,11 @@ def _dead_letter(
     log.error("message %s of job %s dead-lettered after %d attempt(s): %s", task_id, job, attempts, error)
     if job is None:
         return 0
-    return replica().dead_letter_results(job, usable, f"dead-lettered after {attempts} attempt(s): {error}")
+    try:
+        return replica().dead_letter_results(job, usable, f"dead-lettered after {attempts} attempt(s): {error}")
+    except Exception:  # results cannot be written for this job: the dead letter says so; don't loop
+        log.exception("could not write the error results of dead letter %s; requeue it once fixed", task_id)
+        return 0
 
 
 def _host(task: Task) -> str:

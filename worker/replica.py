@@ -55,6 +55,7 @@ class Served:
     error: str | None = None
     preprocess_ms: float = 0.0
     model_ms: float = 0.0
+    fetch_ms: float = 0.0  # this image's share of its batch's MGET
 
 
 class Replica:
@@ -97,27 +98,30 @@ class Replica:
         out: list[Served | None] = [None] * len(digests)
         inputs: list[np.ndarray] = []
         slots: list[tuple[int, float]] = []
-        for i, blob in enumerate(self.jobs.fetch_images(digests)):
+        start = time.perf_counter()
+        blobs = self.jobs.fetch_images(digests)
+        fetch_ms = (time.perf_counter() - start) * 1000 / max(1, len(digests))
+        for i, blob in enumerate(blobs):
             start = time.perf_counter()
             if blob is None:
-                out[i] = Served(None, None, MISSING_IMAGE)
+                out[i] = Served(None, None, MISSING_IMAGE, fetch_ms=fetch_ms)
                 continue
             try:
                 inputs.append(scan.preprocess(blob, **limits))
                 slots.append((i, (time.perf_counter() - start) * 1000))
             except ImageError as exc:  # this image fails alone
-                out[i] = Served(None, None, str(exc), (time.perf_counter() - start) * 1000)
+                out[i] = Served(None, None, str(exc), (time.perf_counter() - start) * 1000, fetch_ms=fetch_ms)
         if inputs:
             start = time.perf_counter()
             predictions = engine.predict(torch.from_numpy(np.stack(inputs)))
             model_ms = (time.perf_counter() - start) * 1000
             for (i, pre_ms), p in zip(slots, predictions, strict=True):
-                out[i] = Served(p, engine.version, None, pre_ms, model_ms)
+                out[i] = Served(p, engine.version, None, pre_ms, model_ms, fetch_ms)
         return [s for s in out if s is not None]
 
     def handle(self, job: str, items: list[list[Any]], sent_at: float, worker: str = "") -> int:
         received = time.time()
-        clock = [time.perf_counter()] * 2  # no fetch stage of its own: bytes are fetched per batch
+        clock = [time.perf_counter()]
         ready = [(int(index), str(digest), str(path)) for index, digest, path in items]
         queue_ms = round((received - sent_at) * 1000, 3)
         futures = self.batcher.submit([digest for _, digest, _ in ready])
@@ -139,7 +143,8 @@ class Replica:
         self.jobs.write_results(results)
         clock.append(time.perf_counter())
         self.items_served += len(results)
-        self._record(len(results), queue_ms, clock)
+        # Bytes are fetched in the batches: the fetch stage is this message's share of their MGETs.
+        self._record(len(results), queue_ms, sum(served.fetch_ms for served, _ in outputs), clock)
         return len(results)
 
     @property
@@ -154,15 +159,16 @@ class Replica:
             for index, digest, path in items
         )
 
-    def _record(self, items: int, queue_ms: float, clock: list[float]) -> None:
+    def _record(self, items: int, queue_ms: float, fetch_ms: float, clock: list[float]) -> None:
         """Add this message's time per stage to the worker's running totals (for the benchmarks
         and operators: where does the time go?)."""
-        stages = ("fetch", "batch", "write")
+        stages = ("batch", "write")
         pipe = self.redis.pipeline(transaction=False)
         key = self.keys.worker_stats(self.hostname)
         pipe.hincrby(key, "messages", 1)
         pipe.hincrby(key, "items", items)
         pipe.hincrbyfloat(key, "queue_ms", queue_ms)
+        pipe.hincrbyfloat(key, "fetch_ms", fetch_ms)
         for stage, (a, b) in zip(stages, itertools.pairwise(clock), strict=True):
             pipe.hincrbyfloat(key, f"{stage}_ms", (b - a) * 1000)
         pipe.expire(key, 24 * 3600)

@@ -134,6 +134,7 @@ def _dead_letter(
     letters: DeadLetters, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], attempts: int, error: str
 ) -> int:
     job, raw_items, usable = delivery.salvage(args, kwargs)
+    error = error[:2000]
     letters.add(DeadLetter(task_id, job, raw_items, attempts, error, time.time()))
     log.error("message %s of job %s dead-lettered after %d attempt(s): %s", task_id, job, attempts, error)
     if job is None:

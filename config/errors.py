@@ -70,3 +70,11 @@ class JobStateError(InkqError):
 class JobInterruptedError(JobStateError):
     """The submit of a job stopped before every item was queued; `producer submit --resume JOB`
     queues the rest."""
+
+
+class MessageError(InkqError):
+    """A queued message is malformed (not ``(job, [[index, digest, path], ...])``); it is dead-lettered."""
+
+
+class ModelStalledError(ModelError):
+    """The worker's model completed no batch within INKQ_STALL_TIMEOUT_S; its messages go to other workers."""

@@ -86,6 +86,21 @@ class Settings:
     visibility_timeout_s: int = _field(
         300, "Seconds before a message taken by a worker that died is delivered again.", minimum=1
     )
+    max_deliveries: int = _field(
+        5,
+        "Deliveries of a message before it is dead-lettered and its items get an error result.",
+        minimum=1,
+    )
+    retry_backoff_s: float = _field(
+        1.0, "Delay before a failed message is retried; doubles per attempt up to the maximum.", minimum=0.0
+    )
+    retry_backoff_max_s: float = _field(60.0, "Longest delay before a failed message is retried.", minimum=0.0)
+    stall_timeout_s: float = _field(
+        120.0,
+        "A worker whose model completes no batch for this long while images wait is unhealthy and "
+        "releases its messages.",
+        minimum=0.1,
+    )
     queue_max_messages: int = _field(
         10_000, "Backpressure: `producer submit` waits while the queue holds more messages than this.", minimum=1
     )

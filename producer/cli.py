@@ -15,6 +15,7 @@ from config.cli import Group, emit_json, setup
 from config.settings import Settings, env_var
 from producer.client import Client, count_candidates
 from producer.jobcli import announce, cancel, check_settled, hint, resumable_on_interrupt
+from producer.deadletters import dead_letters
 from producer.labelling import from_csv, from_folder
 
 
@@ -337,6 +338,7 @@ def finetune_demo_command(settings: Settings, labels: int, test: int, epochs: in
 
 
 cli.add_command(cancel)
+cli.add_command(dead_letters)
 
 
 def main() -> None:

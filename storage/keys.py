@@ -105,6 +105,36 @@ class Keys:
     def queue_list(self, queue: str) -> str:
         return self.broker_prefix + queue
 
+    @property
+    def broker_unacked_index(self) -> str:
+        """kombu's sorted set of delivered, unacknowledged messages: delivery tag -> delivery time.
+
+        kombu redelivers a tag once its score is older than the visibility timeout; workers bump
+        the score of the messages they hold. No TTL: kombu owns it and removes entries on ack.
+        """
+        return self.broker_prefix + "unacked_index"
+
+    # Delivery accounting and dead letters
+    def deliveries(self, task_id: str) -> str:
+        """Hash of one message (Celery task id): count (deliveries so far), error (the last one).
+
+        Expires after INKQ_RESULT_TTL_S (its job is gone by then); deleted once the message succeeds.
+        """
+        return self._k("delivery", task_id)
+
+    @property
+    def dead_letters(self) -> str:
+        """Hash: task id -> JSON dead letter (job, items, attempts, last error, time).
+
+        Expires INKQ_RESULT_TTL_S after the last dead letter was added (their jobs and images expire too).
+        """
+        return self._k("deadletters")
+
+    @property
+    def workers_index(self) -> str:
+        """Sorted set: worker hostname -> time of its last heartbeat (to list workers); expires after 24 h."""
+        return self._k("workers", "index")
+
     # Labelled samples: durable, never expire
     def label_image(self, digest: str) -> str:
         """Bytes of a labelled image. Durable: the training data of future retrains."""

@@ -85,3 +85,53 @@ def test_a_failed_batch_fails_its_futures_not_the_batcher() -> None:
         assert batcher.submit([3])[0].result(timeout=5)[0] == 30
     finally:
         batcher.stop()
+
+
+def test_gather_gives_up_on_a_stalled_model() -> None:
+    from config.errors import ModelStalledError
+
+    release = threading.Event()
+
+    def hung(values: list[int]) -> list[int]:
+        release.wait(30)  # a model call that never returns (until the test ends)
+        return values
+
+    batcher: Batcher[int, int] = Batcher(hung, max_batch=4, max_wait_s=0)
+    try:
+        assert batcher.stalled_for() == 0.0  # idle is not stalled
+        futures = batcher.submit([1, 2])
+        start = time.monotonic()
+        with pytest.raises(ModelStalledError, match="INKQ_STALL_TIMEOUT_S"):
+            batcher.gather(futures, stall_after_s=0.3, poll_s=0.05)
+        assert 0.3 <= time.monotonic() - start < 3
+        assert batcher.stalled_for() >= 0.3
+    finally:
+        release.set()
+        batcher.stop()
+    assert batcher.stalled_for() == 0.0 and batcher.last_batch_at is not None  # recovered once it returned
+
+
+def test_gather_waits_on_a_slow_but_live_model() -> None:
+    def slow(values: list[int]) -> list[int]:
+        time.sleep(0.1)
+        return values
+
+    batcher: Batcher[int, int] = Batcher(slow, max_batch=1, max_wait_s=0)
+    try:
+        # Eight batches of 0.1 s: longer than the stall limit in all, but each one completes within it.
+        outs = batcher.gather(batcher.submit(list(range(8))), stall_after_s=0.5, poll_s=0.05)
+        assert [o for o, _ in outs] == list(range(8))
+    finally:
+        batcher.stop()
+
+
+def test_gather_raises_a_failed_batch_at_once() -> None:
+    def broken(values: list[int]) -> list[int]:
+        raise KeyError("model exploded")
+
+    batcher: Batcher[int, int] = Batcher(broken, max_batch=4, max_wait_s=0)
+    try:
+        with pytest.raises(KeyError, match="model exploded"):
+            batcher.gather(batcher.submit([1, 2, 3]), stall_after_s=30)
+    finally:
+        batcher.stop()

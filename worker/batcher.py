@@ -3,6 +3,10 @@
 Images from every message a worker holds go into one queue; a single model thread takes them
 in batches. A batch is flushed when it holds ``max_batch`` images or when its *oldest* image
 has waited ``max_wait`` seconds, whichever comes first, and never exceeds ``max_batch``.
+
+Waiting is bounded: ``gather`` returns a message's outputs, or raises ``ModelStalledError`` once
+the model has completed no batch for ``stall_after_s`` seconds while images wait, so a hung model
+call cannot hold a message for ever. ``stalled_for`` tells the heartbeat the same thing.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from config.errors import ModelStalledError
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,10 @@ class Batcher(Generic[In, Out]):
         self._cond = threading.Condition()
         self._stopped = False
         self._ids = itertools.count(1)
+        self._running = 0  # images in the batch the model is working on
+        # Monotonic time of the last sign of life: a batch completed, or work arrived at an idle batcher.
+        self._progress = time.monotonic()
+        self.last_batch_at: float | None = None  # wall-clock time of the last completed batch
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -61,9 +71,35 @@ class Batcher(Generic[In, Out]):
         with self._cond:
             if self._stopped:
                 raise RuntimeError("batcher is stopped")
+            if not self._pending and not self._running:
+                self._progress = now
             self._pending.extend(pending)
             self._cond.notify()
         return [p.future for p in pending]
+
+    def stalled_for(self) -> float:
+        """Seconds since the last batch completed while images wait or run; 0 when idle."""
+        with self._cond:
+            busy = bool(self._pending) or self._running > 0
+            return time.monotonic() - self._progress if busy else 0.0
+
+    def gather(
+        self, futures: Sequence[Future[tuple[Out, BatchInfo]]], stall_after_s: float, poll_s: float = 1.0
+    ) -> list[tuple[Out, BatchInfo]]:
+        """The futures' results, in order; raises the first failure, or ``ModelStalledError`` once
+        no batch has completed for ``stall_after_s`` while these wait."""
+        left = list(futures)
+        while left:
+            _, undone = wait(left, timeout=min(poll_s, stall_after_s), return_when=FIRST_EXCEPTION)
+            if any(f.done() and f.exception() is not None for f in left):
+                break  # result() below raises it
+            if undone and self.stalled_for() > stall_after_s:
+                raise ModelStalledError(
+                    f"the model completed no batch for {stall_after_s:g}s (INKQ_STALL_TIMEOUT_S); "
+                    "releasing the message to another worker"
+                )
+            left = list(undone)
+        return [f.result(timeout=0) for f in futures]
 
     def stop(self) -> None:
         with self._cond:
@@ -83,7 +119,15 @@ class Batcher(Generic[In, Out]):
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            return [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
+            batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
+            self._running = len(batch)
+            return batch
+
+    def _done(self) -> None:
+        with self._cond:
+            self._running = 0
+            self._progress = time.monotonic()
+            self.last_batch_at = time.time()
 
     def _loop(self) -> None:
         while (batch := self._take()) is not None:
@@ -94,9 +138,11 @@ class Batcher(Generic[In, Out]):
                     raise RuntimeError(f"model returned {len(outputs)} outputs for {len(batch)} inputs")
             except Exception as exc:  # the waiting messages decide what a failed batch means
                 log.exception("batch of %d failed", len(batch))
+                self._done()
                 for p in batch:
                     p.future.set_exception(exc)
                 continue
+            self._done()
             info = BatchInfo(
                 next(self._ids), len(batch), (start - batch[0].since) * 1000, (time.monotonic() - start) * 1000
             )

@@ -1,9 +1,10 @@
 """One model replica per worker process: loads the current version once, warms it, serves batches,
 and switches to a newly promoted version without dropping a request.
 
-``handle`` is what a message turns into: fetch the images of its items, preprocess each (a bad
-image fails that item only), run the good ones through the shared batcher, and write every
-item's result in one round trip. Only then does the task return and Celery acknowledge.
+``handle`` is what a message turns into: its items go to the shared batcher, which fetches the
+bytes of each batch, preprocesses each image (a bad image fails that item only) and runs the good
+ones; then every item's result is written in one round trip. Only then does the task return and
+Celery acknowledge. Waiting for the batcher is bounded by INKQ_STALL_TIMEOUT_S.
 
 Hot swap: a watcher thread hears of new current versions (pub/sub, and a periodic check in
 case a message was missed), builds and warms a new engine beside the serving one, and swaps
@@ -15,7 +16,6 @@ logged and never switched to.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import socket
@@ -31,6 +31,7 @@ from config.errors import ImageError
 from config.settings import Settings
 from recognizer import scan
 from recognizer.engine import Engine, Prediction, engine_for
+from storage import workers
 from storage.connection import BLOCK_S, connect
 from storage.jobs import ItemResult, Jobs
 from storage.keys import Keys
@@ -40,6 +41,7 @@ from worker.batcher import Batcher, BatchInfo
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 5.0
+MISSING_IMAGE = "image bytes not found in Redis (expired after INKQ_RESULT_TTL_S, or lost)"
 # How often the watcher asks the registry directly, in case a pub/sub message was missed.
 VERSION_CHECK_S = 10.0
 
@@ -53,6 +55,7 @@ class Served:
     error: str | None = None
     preprocess_ms: float = 0.0
     model_ms: float = 0.0
+    fetch_ms: float = 0.0  # this image's share of its batch's MGET
 
 
 class Replica:
@@ -66,13 +69,14 @@ class Replica:
         self.engine = self._build(None)
         self.warm_s = self.engine.warm_seconds
         max_batch = min(settings.max_batch, self.engine.max_batch)
-        self.batcher: Batcher[bytes, Served] = Batcher(
+        self.batcher: Batcher[str, Served] = Batcher(
             self._run, max_batch=max_batch, max_wait_s=settings.max_wait_ms / 1000, name="inkq-model"
         )
         self.items_served = 0
         self.refused: dict[str, str] = {}  # versions that failed to load or warm, and why
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._announced = False
 
     def _build(self, version: str | None) -> Engine:
         info, weights = self.registry.weights(version)
@@ -81,54 +85,53 @@ class Replica:
         log.info("model %s ready: %s (warmed in %.1fs)", info.version, engine.describe(), engine.warm_seconds)
         return engine
 
-    def _run(self, blobs: list[bytes]) -> list[Served]:
-        """Decode, preprocess and recognise one batch, in the model's thread.
+    def _run(self, digests: list[str]) -> list[Served]:
+        """Fetch, decode, preprocess and recognise one batch, in the model's thread.
 
-        Preprocessing here rather than in the message threads keeps one thread on the GIL at a
-        time: on a small CPU, threads preprocessing beside the running model slow it several-fold.
+        The bytes are fetched here, one MGET per batch, so a worker holds at most a batch of
+        images in memory however many messages it has reserved. Preprocessing here rather than in
+        the message threads keeps one thread on the GIL at a time: on a small CPU, threads
+        preprocessing beside the running model slow it several-fold.
         """
         engine = self.engine  # read once: a swap takes effect at the next batch
         limits = {"max_bytes": self.settings.max_image_bytes, "max_pixels": self.settings.max_image_pixels}
-        out: list[Served | None] = [None] * len(blobs)
+        out: list[Served | None] = [None] * len(digests)
         inputs: list[np.ndarray] = []
         slots: list[tuple[int, float]] = []
+        start = time.perf_counter()
+        blobs = self.jobs.fetch_images(digests)
+        fetch_ms = (time.perf_counter() - start) * 1000 / max(1, len(digests))
         for i, blob in enumerate(blobs):
             start = time.perf_counter()
+            if blob is None:
+                out[i] = Served(None, None, MISSING_IMAGE, fetch_ms=fetch_ms)
+                continue
             try:
                 inputs.append(scan.preprocess(blob, **limits))
                 slots.append((i, (time.perf_counter() - start) * 1000))
             except ImageError as exc:  # this image fails alone
-                out[i] = Served(None, None, str(exc), (time.perf_counter() - start) * 1000)
+                out[i] = Served(None, None, str(exc), (time.perf_counter() - start) * 1000, fetch_ms=fetch_ms)
             except Exception as exc:  # defence in depth: whatever a decoder raises, never the batch
                 log.warning("preprocessing raised %s, not ImageError", type(exc).__name__, exc_info=True)
                 error = f"{type(exc).__name__}: {exc}"[:300]
-                out[i] = Served(None, None, error, (time.perf_counter() - start) * 1000)
+                out[i] = Served(None, None, error, (time.perf_counter() - start) * 1000, fetch_ms=fetch_ms)
         if inputs:
             start = time.perf_counter()
             predictions = engine.predict(torch.from_numpy(np.stack(inputs)))
             model_ms = (time.perf_counter() - start) * 1000
             for (i, pre_ms), p in zip(slots, predictions, strict=True):
-                out[i] = Served(p, engine.version, None, pre_ms, model_ms)
+                out[i] = Served(p, engine.version, None, pre_ms, model_ms, fetch_ms)
         return [s for s in out if s is not None]
 
     def handle(self, job: str, items: list[list[Any]], sent_at: float, worker: str = "") -> int:
         received = time.time()
         clock = [time.perf_counter()]
-        blobs = self.jobs.fetch_images([str(digest) for _, digest, _ in items])
-        clock.append(time.perf_counter())
-        results: list[ItemResult] = []
-        ready: list[tuple[int, str, str]] = []
-        found: list[bytes] = []
-        for (index, digest, path), blob in zip(items, blobs, strict=True):
-            if blob is None:
-                error = "image bytes not found in Redis (expired after INKQ_RESULT_TTL_S, or lost)"
-                results.append(ItemResult(job, int(index), _body(str(path), str(digest), error=error)))
-                continue
-            ready.append((int(index), str(digest), str(path)))
-            found.append(blob)
+        ready = [(int(index), str(digest), str(path)) for index, digest, path in items]
         queue_ms = round((received - sent_at) * 1000, 3)
-        for (index, digest, path), future in zip(ready, self.batcher.submit(found), strict=True):
-            served, batch = future.result()
+        futures = self.batcher.submit([digest for _, digest, _ in ready])
+        outputs = self.batcher.gather(futures, self.settings.stall_timeout_s)
+        results: list[ItemResult] = []
+        for (index, digest, path), (served, batch) in zip(ready, outputs, strict=True):
             timings = {
                 "queue_ms": queue_ms,
                 "preprocess_ms": round(served.preprocess_ms, 3),
@@ -144,18 +147,32 @@ class Replica:
         self.jobs.write_results(results)
         clock.append(time.perf_counter())
         self.items_served += len(results)
-        self._record(len(results), queue_ms, clock)
+        # Bytes are fetched in the batches: the fetch stage is this message's share of their MGETs.
+        self._record(len(results), queue_ms, sum(served.fetch_ms for served, _ in outputs), clock)
         return len(results)
 
-    def _record(self, items: int, queue_ms: float, clock: list[float]) -> None:
+    @property
+    def healthy(self) -> bool:
+        """False while the model has completed no batch for INKQ_STALL_TIMEOUT_S with images waiting."""
+        return self.batcher.stalled_for() <= self.settings.stall_timeout_s
+
+    def dead_letter_results(self, job: str, items: list[tuple[int, str, str]], error: str) -> int:
+        """Write ``error`` as the result of each of a dead-lettered message's items."""
+        return self.jobs.write_results(
+            ItemResult(job, index, _body(path, digest, error=error, worker=self.hostname))
+            for index, digest, path in items
+        )
+
+    def _record(self, items: int, queue_ms: float, fetch_ms: float, clock: list[float]) -> None:
         """Add this message's time per stage to the worker's running totals (for the benchmarks
         and operators: where does the time go?)."""
-        stages = ("fetch", "batch", "write")
+        stages = ("batch", "write")
         pipe = self.redis.pipeline(transaction=False)
         key = self.keys.worker_stats(self.hostname)
         pipe.hincrby(key, "messages", 1)
         pipe.hincrby(key, "items", items)
         pipe.hincrbyfloat(key, "queue_ms", queue_ms)
+        pipe.hincrbyfloat(key, "fetch_ms", fetch_ms)
         for stage, (a, b) in zip(stages, itertools.pairwise(clock), strict=True):
             pipe.hincrbyfloat(key, f"{stage}_ms", (b - a) * 1000)
         pipe.expire(key, 24 * 3600)
@@ -205,6 +222,7 @@ class Replica:
     # Readiness, for operators and tests: a key per ready worker, kept alive by a heartbeat.
     def announce(self, hostname: str) -> None:
         self.hostname = hostname
+        self._announced = True
         self._beat()
         pipe = self.redis.pipeline(transaction=True)
         pipe.rpush(self.keys.workers_ready, hostname)
@@ -217,17 +235,21 @@ class Replica:
             self._threads.append(thread)
 
     def _beat(self) -> None:
-        state = {
-            "hostname": self.hostname,
-            "pid": os.getpid(),
-            "version": self.engine.version,
-            "engine": self.engine.describe(),
-            "warm_s": round(self.warm_s, 3),
-            "items_served": self.items_served,
-            "refused": self.refused,
-            "at": time.time(),
-        }
-        self.redis.set(self.keys.worker(self.hostname), json.dumps(state), ex=int(HEARTBEAT_S * 3))
+        stalled = self.batcher.stalled_for()
+        state = workers.WorkerState(
+            hostname=self.hostname,
+            pid=os.getpid(),
+            version=self.engine.version,
+            engine=self.engine.describe(),
+            warm_s=round(self.warm_s, 3),
+            ready=self._announced,
+            healthy=stalled <= self.settings.stall_timeout_s,
+            stalled_s=round(stalled, 3),
+            last_batch_at=self.batcher.last_batch_at,
+            items_served=self.items_served,
+            refused=dict(self.refused),
+        )
+        workers.write(self.redis, self.keys, state, HEARTBEAT_S * 3)
 
     def _beat_forever(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
@@ -242,7 +264,7 @@ class Replica:
         for thread in self._threads:
             thread.join(timeout=5)
         try:
-            self.redis.delete(self.keys.worker(self.hostname))
+            workers.remove(self.redis, self.keys, self.hostname)
         except Exception:
             log.debug("could not remove worker key", exc_info=True)
 

@@ -14,8 +14,8 @@ import click
 from config.cli import Group, emit_json, setup
 from config.settings import Settings, env_var
 from producer.client import Client, count_candidates
-from producer.jobcli import announce, cancel, check_settled, hint, resumable_on_interrupt
 from producer.deadletters import dead_letters
+from producer.jobcli import announce, cancel, check_settled, hint, resumable_on_interrupt
 from producer.labelling import from_csv, from_folder
 
 

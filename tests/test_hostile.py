@@ -95,10 +95,18 @@ class _Engine:
         return [Prediction(3, 0.9, [(3, 0.9)]) for _ in range(len(batch))]
 
 
+class _Images:
+    """The image store, in memory: a digest's bytes are its name."""
+
+    def fetch_images(self, digests: list[str]) -> list[bytes | None]:
+        return [d.encode() for d in digests]
+
+
 def test_any_exception_in_preprocessing_fails_that_item_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     """Defence in depth: even an exception scan never should raise stays with its image."""
     replica = Replica.__new__(Replica)  # no Redis, no model: only the batch function is under test
     replica.settings, replica.engine = Settings(), _Engine()  # type: ignore[assignment]
+    replica.jobs = _Images()  # type: ignore[assignment]
     good = np.zeros((1, 28, 28), np.float32)
     raised = {b"key": KeyError("XResolution"), b"zero": ZeroDivisionError("division by zero")}
 
@@ -108,7 +116,7 @@ def test_any_exception_in_preprocessing_fails_that_item_alone(monkeypatch: pytes
         return good
 
     monkeypatch.setattr(scan, "preprocess", preprocess)
-    served = replica._run([b"ok", b"key", b"zero", b"ok"])
+    served = replica._run(["ok", "key", "zero", "ok"])
     assert [s.error for s in served] == [None, "KeyError: 'XResolution'", "ZeroDivisionError: division by zero", None]
     assert [s.prediction.label if s.prediction else None for s in served] == [3, None, None, 3]
 

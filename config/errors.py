@@ -57,3 +57,11 @@ class StoreUnavailableError(InkqError):
 
 class JobNotFoundError(InkqError):
     """No job with that id exists (or it has expired)."""
+
+
+class LockLostError(InkqError):
+    """A train, retrain or rollback no longer holds the registry lock (fencing refused its write)."""
+
+
+class RegistryConflictError(ModelError):
+    """The registry changed under a writer: "current" moved, or a version name already exists."""

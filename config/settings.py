@@ -117,6 +117,12 @@ class Settings:
     lock_ttl_s: int = _field(
         60, "Retrain lock lifetime; renewed while a run lives, so a crashed run frees it.", minimum=5
     )
+    keep_versions: int = _field(
+        5,
+        "Registry retention: besides the current version and its ancestors, the newest N versions "
+        "not rejected keep their weights; the rest are pruned (metadata kept).",
+        minimum=0,
+    )
 
     def replace(self, **overrides: Any) -> Settings:
         """A copy with the non-None overrides applied (CLI options pass None when not given)."""

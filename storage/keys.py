@@ -15,6 +15,8 @@ class Keys:
     # Model registry
     @property
     def model_sequence(self) -> str:
+        """Counter behind version names (v1, v2, ...). No TTL: names must never repeat; publishing
+        also keeps it above the newest listed version in case it alone was lost."""
         return self._k("model", "seq")
 
     @property
@@ -113,7 +115,16 @@ class Keys:
     # Retraining
     @property
     def retrain_lock(self) -> str:
+        """The registry lock: held by whatever moves "current" (train, retrain, rollback, prune);
+        its value is the holder's fencing token. Expires INKQ_LOCK_TTL_S after its holder stops
+        renewing it, so a crashed run never blocks the next one."""
         return self._k("retrain", "lock")
+
+    @property
+    def registry_fence(self) -> str:
+        """Counter of fencing tokens handed out with the registry lock; only grows. No TTL: a
+        token must never be handed out twice."""
+        return self._k("registry", "fence")
 
     @property
     def retrain_last(self) -> str:

@@ -73,6 +73,11 @@ def cli(ctx: click.Context) -> None:
     show_envvar=True,
     help="Print the summary as one JSON object on the last line.",
 )
+@click.option(
+    "--make-current",
+    is_flag=True,
+    help="Make the new model current even if it scores worse than the current one.",
+)
 @click.pass_obj
 def train(
     settings: Settings,
@@ -81,23 +86,35 @@ def train(
     test_limit: int | None,
     progress: bool | None,
     as_json: bool,
+    make_current: bool,
     **options: object,
 ) -> None:
-    """Train the base model from MNIST and publish it as the current version."""
+    """Train the base model from MNIST and publish it; it becomes current when there is no
+    current model, when it is no worse on the MNIST test images than the current one (within
+    INKQ_BASE_TOLERANCE), or with --make-current. Otherwise it is kept as rejected."""
     from trainer.base import train_base
 
     settings = settings.replace(**options)
     registry = _registry(settings)  # fail before training, not after, when Redis is down
     show = sys.stderr.isatty() if progress is None else progress
-    summary = train_base(settings, registry, limit=limit, test_limit=test_limit, progress=show)
+    summary = train_base(
+        settings, registry, limit=limit, test_limit=test_limit, progress=show, make_current=make_current
+    )
     if "rank" in summary:  # a torchrun worker rank: rank 0 reports for everyone
         return
     if as_json:
         emit_json(summary)
+        return
+    click.echo(
+        f"published {summary['version']}: test accuracy {summary['test_accuracy']:.4%} "
+        f"(val {summary['val_accuracy']:.4%}, {summary['train_seconds']:.0f}s training)"
+    )
+    if summary["promoted"]:
+        click.echo(f"{summary['version']} is now the current model: {summary['reason']}")
     else:
         click.echo(
-            f"published {summary['version']}: test accuracy {summary['test_accuracy']:.4%} "
-            f"(val {summary['val_accuracy']:.4%}, {summary['train_seconds']:.0f}s training)"
+            f"{summary['version']} rejected, current model stays {summary['current']}: {summary['reason']} "
+            "(`trainer train --make-current` to replace it anyway)"
         )
 
 
@@ -173,6 +190,7 @@ def versions(settings: Settings, as_json: bool) -> None:
         val = info.metrics.get("val_accuracy")
         click.echo(
             f"{'*' if info.version == current else ' '} {info.version:<6} {created}  {info.status:<9} "
+            f"{'pruned ' if info.pruned else ''}"
             f"test {'-' if test is None else f'{test:.4%}'}  val {'-' if val is None else f'{val:.4%}'}  "
             f"parent {info.parent or '-'}"
         )
@@ -254,16 +272,42 @@ def watch(
 
 @cli.command()
 @click.argument("version", required=False)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Take the registry lock over from a running train or retrain; its publish then fails.",
+)
 @click.pass_obj
-def rollback(settings: Settings, version: str | None) -> None:
-    """Point the current model back at VERSION (default: the current version's parent)."""
+def rollback(settings: Settings, version: str | None, force: bool) -> None:
+    """Point the current model back at VERSION (default: the current version's parent).
+
+    The label watermarks go back to what VERSION had learned, so labels learned only by the
+    discarded model are trained on again. Refused while a train or retrain holds the registry
+    lock, unless --force.
+    """
     registry = _registry(settings)
-    current = registry.info()
-    target = version or current.parent
-    if not target:
-        raise click.ClickException(f"{current.version} has no parent to roll back to; name a version")
-    registry.set_current(target)
-    click.echo(f"current model: {target} (was {current.version})")
+    with registry.lock(settings.lock_ttl_s, "rollback", force=force) as lease:
+        current = registry.info()
+        target = version or current.parent
+        if not target:
+            raise click.ClickException(f"{current.version} has no parent to roll back to; name a version")
+        info = registry.set_current(target, token=lease.token)
+    click.echo(
+        f"current model: {target} (was {current.version}); labels after #{info.labels_upto} will be learned again"
+    )
+
+
+@cli.command()
+@click.option("--keep", envvar=env_var("keep_versions"), show_envvar=True, type=click.IntRange(min=0))
+@click.pass_obj
+def prune(settings: Settings, keep: int | None) -> None:
+    """Delete the weights of versions retention does not keep (metadata stays); runs after every
+    publish too. Kept: the current version, its ancestors, and the newest N not rejected."""
+    settings = settings.replace(keep_versions=keep)
+    registry = _registry(settings)
+    with registry.lock(settings.lock_ttl_s, "prune") as lease:
+        pruned = registry.prune(settings.keep_versions, token=lease.token)
+    click.echo(f"pruned {len(pruned)} version(s): {', '.join(pruned)}" if pruned else "nothing to prune")
 
 
 def main() -> None:

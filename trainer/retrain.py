@@ -63,17 +63,16 @@ MIX_GRID = (1.0, 0.8, 0.65, 0.5, 0.35, 0.25)
 
 
 def interpolate_towards_parent(
-    model: torch.nn.Module, parent_weights: bytes, arch: dict[str, Any], selection: Split, max_drop: float
+    model: torch.nn.Module, parent: torch.nn.Module, selection: Split, max_drop: float
 ) -> float:
     """Pull the fine-tuned weights back towards the parent's (weight-space interpolation, as in
     WiSE-FT) as little as possible: the largest mixing weight whose base accuracy on
     ``selection`` is within ``max_drop`` of the parent's. Fine-tuning on a new style learns it
     fast but drifts on the base data; halfway back keeps most of the new skill and little of
     the drift. Returns the weight chosen (1.0: the fine-tuned model as it is)."""
-    parent = artifact.load_into(network.build(arch), parent_weights)
     floor = accuracy(parent, selection) - max_drop
     tuned = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    start = parent.state_dict()
+    start = {k: v.to(tuned[k].device) for k, v in parent.state_dict().items()}
     for alpha in MIX_GRID:
         model.load_state_dict(
             {
@@ -107,15 +106,13 @@ def retrain(settings: Settings, registry: Registry, labels: Labels, *, progress:
         teardown(world)
 
 
-def ship(
-    model: torch.nn.Module, parent_weights: bytes, arch: dict[str, Any], selection: Split, val: Split
-) -> tuple[float, float]:
+def ship(model: torch.nn.Module, parent: torch.nn.Module, selection: Split, val: Split) -> tuple[float, float]:
     """Pull the fine-tuned ``model`` back towards its parent, then fit the temperature on exactly
     those weights (fitting it before the pull calibrates a model that never ships). Returns the
     mixing weight and the temperature."""
     # No worse than the parent on the selection images: the gate's own tolerance is then left
     # for the noise between that set and the held-out one.
-    mix = interpolate_towards_parent(model, parent_weights, arch, selection, 0.0)
+    mix = interpolate_towards_parent(model, parent, selection, 0.0)
     return mix, fit_temperature(predict_logits(model, val.images), val.labels)
 
 
@@ -171,7 +168,8 @@ def _retrain(
         return summary | {"rank": world.rank}
     assert lease is not None  # rank 0 holds the lock
     lease.check()  # a lost lock fails here, before scoring; the fenced publish is the guarantee
-    mix, temperature = ship(model, parent_weights, parent.arch, selection, base_heldout)
+    parent_model = artifact.load_into(network.build(parent.arch), parent_weights)
+    mix, temperature = ship(model, parent_model, selection, base_heldout)
     after = {"base_heldout_accuracy": accuracy(model, base_heldout), "new_heldout_accuracy": accuracy(model, heldout)}
 
     gain = after["new_heldout_accuracy"] - before["new_heldout_accuracy"]

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime
 
 import click
 
 from config.cli import Group, emit_json, setup
 from config.settings import Settings, env_var
-from storage.connection import connect
-from storage.keys import Keys
 from storage.labels import Labels
 from storage.registry import Registry
-
-
-def _registry(settings: Settings) -> Registry:
-    return Registry(connect(settings.redis_url), Keys(settings.key_prefix))
+from trainer.registry_cli import prune, registry_for, rollback, versions
 
 
 def _labels(registry: Registry) -> Labels:
@@ -95,7 +89,7 @@ def train(
     from trainer.base import train_base
 
     settings = settings.replace(**options)
-    registry = _registry(settings)  # fail before training, not after, when Redis is down
+    registry = registry_for(settings)  # fail before training, not after, when Redis is down
     show = sys.stderr.isatty() if progress is None else progress
     summary = train_base(
         settings, registry, limit=limit, test_limit=test_limit, progress=show, make_current=make_current
@@ -160,39 +154,13 @@ def evaluate(
     from trainer.base import evaluate_version
 
     settings = settings.replace(data_root=data_root, compile=compile)
-    result = evaluate_version(settings, _registry(settings), version=version, split=split, limit=limit)
+    result = evaluate_version(settings, registry_for(settings), version=version, split=split, limit=limit)
     if as_json:
         emit_json(result)
     else:
         click.echo(
             f"{result['version']}: accuracy {result['accuracy']:.4%} on {result['n']} {split} images "
             f"({result['engine']})"
-        )
-
-
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, envvar="INKQ_JSON", show_envvar=True)
-@click.pass_obj
-def versions(settings: Settings, as_json: bool) -> None:
-    """List the model versions in the registry, oldest first; * marks the current one."""
-    registry = _registry(settings)
-    current = registry.current()
-    infos = registry.versions()
-    if as_json:
-        emit_json({"current": current, "versions": [vars(i) for i in infos]})
-        return
-    if not infos:
-        click.echo("no model versions yet: run `trainer train`")
-        return
-    for info in infos:
-        created = datetime.fromtimestamp(info.created, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        test = info.metrics.get("test_accuracy")
-        val = info.metrics.get("val_accuracy")
-        click.echo(
-            f"{'*' if info.version == current else ' '} {info.version:<6} {created}  {info.status:<9} "
-            f"{'pruned ' if info.pruned else ''}"
-            f"test {'-' if test is None else f'{test:.4%}'}  val {'-' if val is None else f'{val:.4%}'}  "
-            f"parent {info.parent or '-'}"
         )
 
 
@@ -215,7 +183,7 @@ def retrain(
     from trainer import retrain as retraining
 
     settings = settings.replace(data_root=data_root, retrain_epochs=epochs)
-    registry = _registry(settings)
+    registry = registry_for(settings)
     show = sys.stderr.isatty() if progress is None else progress
     summary = retraining.retrain(settings, registry, _labels(registry), progress=show)
     if "rank" in summary:  # a torchrun worker rank: rank 0 reports for everyone
@@ -265,49 +233,13 @@ def watch(
     from trainer import retrain as retraining
 
     settings = settings.replace(data_root=data_root, watch_min_labels=min_labels, watch_interval_s=interval_s)
-    registry = _registry(settings)
+    registry = registry_for(settings)
     for outcome in retraining.watch(settings, registry, _labels(registry), once=once, poll_s=poll_s):
         emit_json(outcome)
 
 
-@cli.command()
-@click.argument("version", required=False)
-@click.option(
-    "--force",
-    is_flag=True,
-    help="Take the registry lock over from a running train or retrain; its publish then fails.",
-)
-@click.pass_obj
-def rollback(settings: Settings, version: str | None, force: bool) -> None:
-    """Point the current model back at VERSION (default: the current version's parent).
-
-    The label watermarks go back to what VERSION had learned, so labels learned only by the
-    discarded model are trained on again. Refused while a train or retrain holds the registry
-    lock, unless --force.
-    """
-    registry = _registry(settings)
-    with registry.lock(settings.lock_ttl_s, "rollback", force=force) as lease:
-        current = registry.info()
-        target = version or current.parent
-        if not target:
-            raise click.ClickException(f"{current.version} has no parent to roll back to; name a version")
-        info = registry.set_current(target, token=lease.token)
-    click.echo(
-        f"current model: {target} (was {current.version}); labels after #{info.labels_upto} will be learned again"
-    )
-
-
-@cli.command()
-@click.option("--keep", envvar=env_var("keep_versions"), show_envvar=True, type=click.IntRange(min=0))
-@click.pass_obj
-def prune(settings: Settings, keep: int | None) -> None:
-    """Delete the weights of versions retention does not keep (metadata stays); runs after every
-    publish too. Kept: the current version, its ancestors, and the newest N not rejected."""
-    settings = settings.replace(keep_versions=keep)
-    registry = _registry(settings)
-    with registry.lock(settings.lock_ttl_s, "prune") as lease:
-        pruned = registry.prune(settings.keep_versions, token=lease.token)
-    click.echo(f"pruned {len(pruned)} version(s): {', '.join(pruned)}" if pruned else "nothing to prune")
+for command in (versions, rollback, prune):
+    cli.add_command(command)
 
 
 def main() -> None:

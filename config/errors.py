@@ -65,3 +65,7 @@ class LockLostError(InkqError):
 
 class RegistryConflictError(ModelError):
     """The registry changed under a writer: "current" moved, or a version name already exists."""
+
+
+class PreprocessMismatchError(ModelError):
+    """A model version was trained with a preprocessing this code does not implement."""

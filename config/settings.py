@@ -115,7 +115,9 @@ class Settings:
         600, "`trainer watch` also retrains this many seconds after its last run when any label arrived.", minimum=1
     )
     lock_ttl_s: int = _field(
-        60, "Retrain lock lifetime; renewed while a run lives, so a crashed run frees it.", minimum=5
+        60,
+        "Registry lock lifetime (train, retrain, rollback); renewed while a run lives, so a crashed run frees it.",
+        minimum=5,
     )
     keep_versions: int = _field(
         5,

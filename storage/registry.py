@@ -195,7 +195,7 @@ class Registry:
                 ("INKQ_PRUNED", VersionNotFoundError),
             ):
                 if tag in message:
-                    raise _explained(error, message.split(tag, 1)[1].strip()) from exc
+                    raise _explained(error, message.split(tag, 1)[1].strip(), token is None) from exc
             raise
 
     def current(self) -> str | None:
@@ -242,7 +242,9 @@ class Registry:
         return [VersionInfo.from_json(m) for m in metas if m is not None]
 
 
-def _explained(error: type[InkqError], detail: str) -> InkqError:
+def _explained(error: type[InkqError], detail: str, unlocked: bool) -> InkqError:
+    if error is LockLostError and unlocked:
+        return error(f"the registry refused this change: {detail}; wait for it to finish and try again")
     if error is LockLostError:
         return error(
             f"the registry refused this change: {detail}. This run lost the registry lock (it stalled past "

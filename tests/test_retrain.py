@@ -87,9 +87,17 @@ def test_retrain_promotes_rejects_and_rolls_back(
     assert listed["current"] == "v2"
     assert listed["versions"][-1]["status"] == "rejected"  # type: ignore[index]
 
+    # The rejected candidate's weights are pruned at once; its record stays.
+    assert listed["versions"][-1]["pruned"]  # type: ignore[index]
+    assert listed["versions"][1]["labels_upto"] == 300  # type: ignore[index]
+
+    # Rolling back to v1 (which learned no labels) makes every label trainable again.
     assert "current model: v1" in trainer(env, "rollback").stdout
     assert versions(env)["current"] == "v1"
+    client = connect(env["INKQ_REDIS_URL"])
+    assert [int(client.get(k) or 0) for k in (Keys().labels_used, Keys().labels_tried)] == [0, 0]
     assert "current model: v2" in trainer(env, "rollback", "v2").stdout
+    assert int(client.get(Keys().labels_used) or 0) == 300
 
 
 @pytest.mark.timeout(900)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from config.errors import ImageError
+from config.errors import ImageError, LockLostError, RegistryConflictError
 from config.settings import Settings
 from recognizer import artifact, network, scan
 from recognizer.engine import bf16_capable
@@ -289,6 +289,9 @@ def watch(
                 outcome = retrain(settings, registry, labels)
                 registry.redis.set(last_key, time.time())
             except LockHeldError as exc:
+                outcome = {"skipped": True, "reason": str(exc)}
+            except (LockLostError, RegistryConflictError) as exc:  # fenced: nothing published; next run retries
+                log.error("retrain not published: %s", exc)
                 outcome = {"skipped": True, "reason": str(exc)}
             runs.append(outcome)
         elif once:

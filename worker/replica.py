@@ -182,6 +182,7 @@ class Replica:
         except Exception as exc:  # a corrupt or unloadable version must never stop serving
             return self._refuse(version, info.sha256, exc)
         self.refusals.forget(*identity)
+        self.refusals.forget(version, "")  # an earlier failure to read its metadata
         self.refused = self.refusals.snapshot()
         if self.registry.current() != version:
             log.info("model %s is no longer current; staying on %s", version, self.engine.version)

@@ -18,21 +18,17 @@ from dataclasses import dataclass
 
 import redis
 
-from config.errors import ArtifactCorruptError, ModelError
+from config.errors import ArtifactCorruptError, ModelError, PreprocessMismatchError
 from recognizer import scan
 from storage.keys import Keys
 from storage.registry import VersionInfo, text
 
-__all__ = ["PreprocessMismatchError", "Refusals", "check_preprocess", "is_transient", "watch_announcements"]
+__all__ = ["Refusals", "check_preprocess", "is_transient", "watch_announcements"]
 
 log = logging.getLogger(__name__)
 
 FIRST_RETRY_S = 2.0
 MAX_RETRY_S = 300.0
-
-
-class PreprocessMismatchError(ModelError):
-    """A version was trained with a preprocessing this worker does not implement."""
 
 
 def check_preprocess(info: VersionInfo) -> None:

@@ -9,7 +9,8 @@ Hot swap: a watcher thread hears of new current versions (pub/sub, and a periodi
 case a message was missed), builds and warms a new engine beside the serving one, and swaps
 the reference; the batcher reads it once per batch, so the switch lands on a batch boundary
 and every result records the version that made it. A version that fails to load or warm is
-logged and never switched to.
+never switched to: it is retried with backoff when the cause may pass (Redis errors), never when
+it lasts (checksum, pruned weights, foreign preprocessing); see worker/versions.py.
 """
 
 from __future__ import annotations

@@ -25,9 +25,11 @@ class Keys:
         return self._k("model", "versions")
 
     def model_meta(self, version: str) -> str:
+        """A version's metadata (JSON). No TTL: kept for the record even after its weights are pruned."""
         return self._k("model", version, "meta")
 
     def model_weights(self, version: str) -> str:
+        """A version's weights (safetensors). No TTL: deleted only by retention (INKQ_KEEP_VERSIONS)."""
         return self._k("model", version, "weights")
 
     @property

@@ -198,3 +198,20 @@ def test_train_gate(registry: Registry, mnist_root: Path) -> None:
     registry.redis.delete(registry.keys.model_weights(current))  # an unreadable current model
     promoted, reason, _ = gate(settings, registry, test, 0.99, False)
     assert not promoted and "could not be scored" in reason
+
+
+def test_prune_and_versions_cli(registry: Registry, env: dict[str, str]) -> None:
+    v1 = registry.publish(weights(1), meta()).version
+    v2 = registry.publish(weights(2), meta(parent=v1, status=VersionStatus.REJECTED), make_current=False).version
+
+    def trainer(*args: str) -> str:
+        run = subprocess.run(
+            [str(BIN / "trainer"), *args], check=False, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert run.returncode == 0, run.stderr
+        return run.stdout
+
+    assert f"pruned 1 version(s): {v2}" in trainer("prune")
+    assert "nothing to prune" in trainer("prune", "--keep", "0")  # the current version always stays
+    listed = trainer("versions")
+    assert f"{v2} " in listed and "rejected  pruned" in listed

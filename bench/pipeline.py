@@ -60,7 +60,9 @@ class Stack:
 @contextlib.contextmanager
 def stack(info: VersionInfo, weights: bytes, workdir: Path, **overrides: str) -> Iterator[Stack]:
     with local_redis() as url:
-        Registry(connect(url), Keys()).publish(weights, VersionInfo(**{**vars(info), "version": "", "sha256": ""}))
+        # A fresh registry: the copy has learned none of this Redis's labels.
+        fresh = {"version": "", "sha256": "", "labels_upto": 0, "pruned": False}
+        Registry(connect(url), Keys()).publish(weights, VersionInfo(**{**vars(info), **fresh}))
         env = {k: v for k, v in os.environ.items() if not k.startswith("INKQ_")} | {
             "INKQ_REDIS_URL": url,
             "INKQ_LOG_LEVEL": "warning",

@@ -78,3 +78,15 @@ class MessageError(InkqError):
 
 class ModelStalledError(ModelError):
     """The worker's model completed no batch within INKQ_STALL_TIMEOUT_S; its messages go to other workers."""
+
+
+class LockLostError(InkqError):
+    """A train, retrain or rollback no longer holds the registry lock (fencing refused its write)."""
+
+
+class RegistryConflictError(ModelError):
+    """The registry changed under a writer: "current" moved, or a version name already exists."""
+
+
+class PreprocessMismatchError(ModelError):
+    """A model version was trained with a preprocessing this code does not implement."""

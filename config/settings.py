@@ -149,7 +149,15 @@ class Settings:
         600, "`trainer watch` also retrains this many seconds after its last run when any label arrived.", minimum=1
     )
     lock_ttl_s: int = _field(
-        60, "Retrain lock lifetime; renewed while a run lives, so a crashed run frees it.", minimum=5
+        60,
+        "Registry lock lifetime (train, retrain, rollback); renewed while a run lives, so a crashed run frees it.",
+        minimum=5,
+    )
+    keep_versions: int = _field(
+        5,
+        "Registry retention: besides the current version and its ancestors, the newest N versions "
+        "not rejected keep their weights; the rest are pruned (metadata kept).",
+        minimum=0,
     )
 
     def replace(self, **overrides: Any) -> Settings:

@@ -108,6 +108,8 @@ class Engine:
         self._forward: Any = self.model
         self.compiled = False
         self.warm_seconds = 0.0
+        # Why compilation failed and this engine serves eagerly (None: it did not fail).
+        self.compile_error: str | None = None
         if compile:
             configure_compiler(cache_dir)
             mode = "reduce-overhead" if self.device.type == "cuda" else None
@@ -141,11 +143,8 @@ class Engine:
             except Exception as exc:
                 if not self.compiled:
                     raise
-                log.warning(
-                    "torch.compile failed (%s: %s); serving the eager model instead",
-                    type(exc).__name__,
-                    str(exc).splitlines()[0] if str(exc) else "",
-                )
+                self.compile_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+                log.warning("torch.compile failed (%s); serving the eager model instead", self.compile_error)
                 self._forward, self.compiled = self.model, False
                 return self.warm() + (time.perf_counter() - start)
         self.warm_seconds = time.perf_counter() - start

@@ -20,7 +20,8 @@ class Keys:
     # Model registry
     @property
     def model_sequence(self) -> str:
-        """Counter behind version names. Durable: reused names would confuse workers."""
+        """Counter behind version names (v1, v2, ...). No TTL: names must never repeat; publishing
+        also keeps it above the newest listed version in case it alone was lost."""
         return self._k("model", "seq")
 
     @property
@@ -29,11 +30,11 @@ class Keys:
         return self._k("model", "versions")
 
     def model_meta(self, version: str) -> str:
-        """JSON metadata of one version. Durable, like the whole registry."""
+        """A version's metadata (JSON). No TTL: kept for the record even after its weights are pruned."""
         return self._k("model", version, "meta")
 
     def model_weights(self, version: str) -> str:
-        """safetensors bytes of one version. Durable: workers load from here."""
+        """A version's weights (safetensors). No TTL: deleted only by retention (INKQ_KEEP_VERSIONS)."""
         return self._k("model", version, "weights")
 
     @property
@@ -175,8 +176,16 @@ class Keys:
     # Retraining
     @property
     def retrain_lock(self) -> str:
-        """Held by a running retrain; expires after INKQ_LOCK_TTL_S unless renewed."""
+        """The registry lock: held by whatever moves "current" (train, retrain, rollback, prune);
+        its value is the holder's fencing token. Expires INKQ_LOCK_TTL_S after its holder stops
+        renewing it, so a crashed run never blocks the next one."""
         return self._k("retrain", "lock")
+
+    @property
+    def registry_fence(self) -> str:
+        """Counter of fencing tokens handed out with the registry lock; only grows. No TTL: a
+        token must never be handed out twice."""
+        return self._k("registry", "fence")
 
     @property
     def retrain_last(self) -> str:

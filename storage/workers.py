@@ -39,6 +39,7 @@ class WorkerState:
     last_batch_at: float | None = None  # wall-clock time of its last completed batch
     items_served: int = 0
     refused: dict[str, str] = field(default_factory=dict)  # versions it would not switch to, and why
+    compile_fallback: str | None = None  # why torch.compile failed, when it serves eager instead
     at: float = 0.0  # when this state was written
     extra: dict[str, Any] = field(default_factory=dict)  # fields written by newer workers
 

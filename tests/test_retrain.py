@@ -87,9 +87,17 @@ def test_retrain_promotes_rejects_and_rolls_back(
     assert listed["current"] == "v2"
     assert listed["versions"][-1]["status"] == "rejected"  # type: ignore[index]
 
+    # The rejected candidate's weights are pruned at once; its record stays.
+    assert listed["versions"][-1]["pruned"]  # type: ignore[index]
+    assert listed["versions"][1]["labels_upto"] == 300  # type: ignore[index]
+
+    # Rolling back to v1 (which learned no labels) makes every label trainable again.
     assert "current model: v1" in trainer(env, "rollback").stdout
     assert versions(env)["current"] == "v1"
+    client = connect(env["INKQ_REDIS_URL"])
+    assert [int(client.get(k) or 0) for k in (Keys().labels_used, Keys().labels_tried)] == [0, 0]
     assert "current model: v2" in trainer(env, "rollback", "v2").stdout
+    assert int(client.get(Keys().labels_used) or 0) == 300
 
 
 @pytest.mark.timeout(900)
@@ -105,12 +113,12 @@ def test_watch_lock_prevents_concurrent_runs(
     images, labels = train_digits
     assert producer(env, "label", str(label_folder(tmp_path / "style", images[:60], labels[:60]))).returncode == 0
     client = connect(redis_url)
-    with held(client, Keys().retrain_lock, 30, "test"):
+    with held(client, Keys().retrain_lock, Keys().registry_fence, 30, "test"):
         blocked = trainer(env, "watch", "--once")
         assert blocked.returncode == 0, blocked.stderr
-        assert "another retrain is running" in json.loads(blocked.stdout.splitlines()[-1])["reason"]
+        assert "another train, retrain or rollback is running" in json.loads(blocked.stdout.splitlines()[-1])["reason"]
         direct = trainer(env, "retrain")
-        assert direct.returncode == 1 and "another retrain is running" in direct.stderr
+        assert direct.returncode == 1 and "another train, retrain or rollback is running" in direct.stderr
     assert versions(env)["current"] == "v1" and len(versions(env)["versions"]) == 1  # type: ignore[arg-type]
 
     # A holder that died: its lock expires by itself and the next run goes ahead.
@@ -127,12 +135,12 @@ def test_redis_lock_is_exclusive(redis_url: str) -> None:
 
     client = redis.Redis.from_url(redis_url)
     with (
-        held(client, "inkq:test-lock", 10, "job"),
+        held(client, "inkq:test-lock", "inkq:test-fence", 10, "job"),
         pytest.raises(LockHeldError),
-        held(client, "inkq:test-lock", 10, "job"),
+        held(client, "inkq:test-lock", "inkq:test-fence", 10, "job"),
     ):
         pass
-    with held(client, "inkq:test-lock", 10, "job"):  # released: free again
+    with held(client, "inkq:test-lock", "inkq:test-fence", 10, "job"):  # released: free again
         pass
 
 

@@ -1,7 +1,17 @@
-"""The base model: train on MNIST, score once on its test split, publish as a registry version."""
+"""The base model: train on MNIST, score once on its test split, publish as a registry version.
+
+A freshly trained model becomes current only when it passes the promotion gate: no current
+model yet, or accuracy on the same MNIST test images no worse than the current model's by more
+than INKQ_BASE_TOLERANCE (both models are scored by this run, eagerly, in fp32 and at full
+temperature, so the comparison is like for like; the test split is the one MNIST slice neither
+model trained or selected epochs on, whatever --limit and INKQ_VAL_SIZE were). Otherwise it is
+kept as rejected with the reason, unless ``make_current`` (``trainer train --make-current``)
+says the operator wants it regardless. The whole run holds the registry lock.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -10,12 +20,14 @@ from typing import Any
 
 import torch
 
+from config.errors import ModelError
 from config.settings import Settings
 from recognizer import artifact, network, scan
 from recognizer.engine import bf16_capable, engine_for
-from storage.registry import Registry, VersionInfo
-from trainer.data import load_split, split_validation
-from trainer.distributed import setup, teardown
+from storage.lock import Lease
+from storage.registry import Registry, VersionInfo, VersionStatus
+from trainer.data import Split, load_split, split_validation
+from trainer.distributed import World, setup, teardown
 from trainer.training import TrainConfig, fit, normalize, predict_logits
 
 log = logging.getLogger(__name__)
@@ -35,8 +47,26 @@ def train_base(
     limit: int | None = None,
     test_limit: int | None = None,
     progress: bool = False,
+    make_current: bool = False,
 ) -> dict[str, Any]:
     world = setup(settings.device)
+    # Rank 0 alone publishes, so it alone holds the lock, from the start: a run that cannot
+    # publish learns it before it trains, not after.
+    lock = registry.lock(settings.lock_ttl_s, "train") if world.main else contextlib.nullcontext()
+    with lock as lease:
+        return _train_base(settings, registry, world, lease, limit, test_limit, progress, make_current)
+
+
+def _train_base(
+    settings: Settings,
+    registry: Registry,
+    world: World,
+    lease: Lease | None,
+    limit: int | None,
+    test_limit: int | None,
+    progress: bool,
+    make_current: bool,
+) -> dict[str, Any]:
     root = settings.path("data_root")
     full, fingerprint = load_split(root, train=True, limit=limit)
     # Smoke runs on a few hundred images still get a validation split a fifth of their size.
@@ -67,7 +97,7 @@ def train_base(
 
     # The test split is read once, here, after model selection: the reported figure.
     test, test_fingerprint = load_split(root, train=False, limit=test_limit)
-    test_accuracy = float((predict_logits(model, test.images).argmax(1) == test.labels).float().mean())
+    test_accuracy = accuracy(model, test)
     metrics = {
         "val_accuracy": result.val_accuracy,
         "val_loss": result.val_loss,
@@ -75,6 +105,8 @@ def train_base(
         "test_n": len(test),
         "bf16_agreement": bf16_agreement(model, val.images),
     }
+    assert lease is not None  # rank 0 holds the lock
+    promoted, reason, current = gate(settings, registry, test, test_accuracy, make_current)
     info = registry.publish(
         artifact.dump(model),
         VersionInfo(
@@ -85,8 +117,8 @@ def train_base(
             metrics=metrics,
             parent=None,
             weights_source=source,
-            status="promoted",
-            reason="base model trained from MNIST",
+            status=VersionStatus.PROMOTED if promoted else VersionStatus.REJECTED,
+            reason=reason,
             training={
                 **dataclasses.asdict(config),
                 "best_epoch": result.best_epoch,
@@ -97,11 +129,21 @@ def train_base(
                 "test_fingerprint": test_fingerprint,
                 "history": result.history,
             },
+            labels_upto=0,  # MNIST only: every labelled sample is still to be learned
         ),
+        make_current=promoted,
+        token=lease.token,
+        expect_current=current,
+        check_current=promoted,
     )
-    log.info("published %s with test accuracy %.4f", info.version, test_accuracy)
+    pruned = registry.prune(settings.keep_versions, token=lease.token)
+    log.info("published %s (%s) with test accuracy %.4f: %s", info.version, info.status, test_accuracy, reason)
     return {
         "version": info.version,
+        "promoted": promoted,
+        "reason": reason,
+        "current": info.version if promoted else current,
+        "pruned": pruned,
         "test_accuracy": test_accuracy,
         "val_accuracy": result.val_accuracy,
         "bf16_agreement": metrics["bf16_agreement"],
@@ -110,6 +152,35 @@ def train_base(
         "best_epoch": result.best_epoch,
         "epochs": config.epochs,
     }
+
+
+def gate(
+    settings: Settings, registry: Registry, test: Split, test_accuracy: float, force: bool
+) -> tuple[bool, str, str | None]:
+    """Whether the new base model may become current, why, and the current version it was judged against."""
+    current = registry.current()
+    if current is None:
+        return True, "base model trained from MNIST (no current model to compare with)", None
+    try:
+        info, weights = registry.weights(current)
+        theirs = accuracy(artifact.load_into(network.build(info.arch), weights), test)
+    except (ModelError, ValueError) as exc:  # corrupt, pruned, or an architecture this code cannot build
+        if force:
+            return True, f"made current by --make-current (current {current} could not be scored: {exc})", current
+        return False, f"current {current} could not be scored ({exc}); use --make-current to replace it", current
+    verdict = (
+        f"MNIST test accuracy {test_accuracy:.4f} vs current {current} {theirs:.4f} on the same "
+        f"{len(test)} images (tolerance {settings.base_tolerance})"
+    )
+    if test_accuracy >= theirs - settings.base_tolerance:
+        return True, verdict, current
+    if force:
+        return True, f"made current by --make-current although worse: {verdict}", current
+    return False, f"worse than the current model: {verdict}", current
+
+
+def accuracy(model: torch.nn.Module, split: Split) -> float:
+    return float((predict_logits(model, split.images).argmax(1) == split.labels).float().mean())
 
 
 def evaluate_version(

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime
 
 import click
 
 from config.cli import Group, emit_json, setup
 from config.settings import Settings, env_var
-from storage.connection import connect
-from storage.keys import Keys
 from storage.labels import Labels
-from storage.redis_checks import check_store
 from storage.registry import Registry
-
-
-def _registry(settings: Settings) -> Registry:
-    client = connect(settings)
-    check_store(client, settings, "trainer")
-    return Registry(client, Keys(settings.key_prefix))
+from trainer.registry_cli import prune, registry_for, rollback, versions
 
 
 def _labels(registry: Registry) -> Labels:
@@ -76,6 +67,11 @@ def cli(ctx: click.Context) -> None:
     show_envvar=True,
     help="Print the summary as one JSON object on the last line.",
 )
+@click.option(
+    "--make-current",
+    is_flag=True,
+    help="Make the new model current even if it scores worse than the current one.",
+)
 @click.pass_obj
 def train(
     settings: Settings,
@@ -84,23 +80,35 @@ def train(
     test_limit: int | None,
     progress: bool | None,
     as_json: bool,
+    make_current: bool,
     **options: object,
 ) -> None:
-    """Train the base model from MNIST and publish it as the current version."""
+    """Train the base model from MNIST and publish it; it becomes current when there is no
+    current model, when it is no worse on the MNIST test images than the current one (within
+    INKQ_BASE_TOLERANCE), or with --make-current. Otherwise it is kept as rejected."""
     from trainer.base import train_base
 
     settings = settings.replace(**options)
-    registry = _registry(settings)  # fail before training, not after, when Redis is down
+    registry = registry_for(settings)  # fail before training, not after, when Redis is down
     show = sys.stderr.isatty() if progress is None else progress
-    summary = train_base(settings, registry, limit=limit, test_limit=test_limit, progress=show)
+    summary = train_base(
+        settings, registry, limit=limit, test_limit=test_limit, progress=show, make_current=make_current
+    )
     if "rank" in summary:  # a torchrun worker rank: rank 0 reports for everyone
         return
     if as_json:
         emit_json(summary)
+        return
+    click.echo(
+        f"published {summary['version']}: test accuracy {summary['test_accuracy']:.4%} "
+        f"(val {summary['val_accuracy']:.4%}, {summary['train_seconds']:.0f}s training)"
+    )
+    if summary["promoted"]:
+        click.echo(f"{summary['version']} is now the current model: {summary['reason']}")
     else:
         click.echo(
-            f"published {summary['version']}: test accuracy {summary['test_accuracy']:.4%} "
-            f"(val {summary['val_accuracy']:.4%}, {summary['train_seconds']:.0f}s training)"
+            f"{summary['version']} rejected, current model stays {summary['current']}: {summary['reason']} "
+            "(`trainer train --make-current` to replace it anyway)"
         )
 
 
@@ -146,38 +154,13 @@ def evaluate(
     from trainer.base import evaluate_version
 
     settings = settings.replace(data_root=data_root, compile=compile)
-    result = evaluate_version(settings, _registry(settings), version=version, split=split, limit=limit)
+    result = evaluate_version(settings, registry_for(settings), version=version, split=split, limit=limit)
     if as_json:
         emit_json(result)
     else:
         click.echo(
             f"{result['version']}: accuracy {result['accuracy']:.4%} on {result['n']} {split} images "
             f"({result['engine']})"
-        )
-
-
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, envvar="INKQ_JSON", show_envvar=True)
-@click.pass_obj
-def versions(settings: Settings, as_json: bool) -> None:
-    """List the model versions in the registry, oldest first; * marks the current one."""
-    registry = _registry(settings)
-    current = registry.current()
-    infos = registry.versions()
-    if as_json:
-        emit_json({"current": current, "versions": [vars(i) for i in infos]})
-        return
-    if not infos:
-        click.echo("no model versions yet: run `trainer train`")
-        return
-    for info in infos:
-        created = datetime.fromtimestamp(info.created, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        test = info.metrics.get("test_accuracy")
-        val = info.metrics.get("val_accuracy")
-        click.echo(
-            f"{'*' if info.version == current else ' '} {info.version:<6} {created}  {info.status:<9} "
-            f"test {'-' if test is None else f'{test:.4%}'}  val {'-' if val is None else f'{val:.4%}'}  "
-            f"parent {info.parent or '-'}"
         )
 
 
@@ -200,7 +183,7 @@ def retrain(
     from trainer import retrain as retraining
 
     settings = settings.replace(data_root=data_root, retrain_epochs=epochs)
-    registry = _registry(settings)
+    registry = registry_for(settings)
     show = sys.stderr.isatty() if progress is None else progress
     summary = retraining.retrain(settings, registry, _labels(registry), progress=show)
     if "rank" in summary:  # a torchrun worker rank: rank 0 reports for everyone
@@ -250,23 +233,13 @@ def watch(
     from trainer import retrain as retraining
 
     settings = settings.replace(data_root=data_root, watch_min_labels=min_labels, watch_interval_s=interval_s)
-    registry = _registry(settings)
+    registry = registry_for(settings)
     for outcome in retraining.watch(settings, registry, _labels(registry), once=once, poll_s=poll_s):
         emit_json(outcome)
 
 
-@cli.command()
-@click.argument("version", required=False)
-@click.pass_obj
-def rollback(settings: Settings, version: str | None) -> None:
-    """Point the current model back at VERSION (default: the current version's parent)."""
-    registry = _registry(settings)
-    current = registry.info()
-    target = version or current.parent
-    if not target:
-        raise click.ClickException(f"{current.version} has no parent to roll back to; name a version")
-    registry.set_current(target)
-    click.echo(f"current model: {target} (was {current.version})")
+for command in (versions, rollback, prune):
+    cli.add_command(command)
 
 
 def main() -> None:

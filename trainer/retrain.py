@@ -6,6 +6,10 @@ model on (a) the base validation split (never trained on) and (b) the held-out s
 labelled samples. The candidate is promoted only if it is better on (b) by more than
 INKQ_PROMOTE_MIN_GAIN and loses at most INKQ_BASE_TOLERANCE on (a); otherwise it is kept in
 the registry as rejected, with the reason, and the current model stays.
+
+The whole run holds the registry lock; its publish is fenced by the lock's token and, for a
+promotion, also requires that "current" is still the parent the candidate was judged against.
+The temperature is fitted last, on the weights that ship (after the pull towards the parent).
 """
 
 from __future__ import annotations
@@ -20,17 +24,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from config.errors import ImageError
+from config.errors import ImageError, LockLostError, RegistryConflictError
 from config.settings import Settings
 from recognizer import artifact, network, scan
 from recognizer.engine import bf16_capable
 from storage.labels import Labels, Sample, held_out
-from storage.lock import LockHeldError, held
-from storage.registry import Registry, VersionInfo
+from storage.lock import Lease, LockHeldError
+from storage.registry import Registry, VersionInfo, VersionStatus
 from trainer.base import bf16_agreement
 from trainer.data import Split, load_split, split_validation
 from trainer.distributed import World, setup, teardown
-from trainer.training import TrainConfig, fit, predict_logits
+from trainer.training import TrainConfig, fit, fit_temperature, predict_logits
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +63,16 @@ MIX_GRID = (1.0, 0.8, 0.65, 0.5, 0.35, 0.25)
 
 
 def interpolate_towards_parent(
-    model: torch.nn.Module, parent_weights: bytes, arch: dict[str, Any], selection: Split, max_drop: float
+    model: torch.nn.Module, parent: torch.nn.Module, selection: Split, max_drop: float
 ) -> float:
     """Pull the fine-tuned weights back towards the parent's (weight-space interpolation, as in
     WiSE-FT) as little as possible: the largest mixing weight whose base accuracy on
     ``selection`` is within ``max_drop`` of the parent's. Fine-tuning on a new style learns it
     fast but drifts on the base data; halfway back keeps most of the new skill and little of
     the drift. Returns the weight chosen (1.0: the fine-tuned model as it is)."""
-    parent = artifact.load_into(network.build(arch), parent_weights)
     floor = accuracy(parent, selection) - max_drop
     tuned = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    start = parent.state_dict()
+    start = {k: v.to(tuned[k].device) for k, v in parent.state_dict().items()}
     for alpha in MIX_GRID:
         model.load_state_dict(
             {
@@ -96,14 +99,26 @@ def retrain(settings: Settings, registry: Registry, labels: Labels, *, progress:
     world = setup(settings.device)
     try:
         if not world.main:
-            return _retrain(settings, registry, labels, progress=False, world=world)
-        with held(registry.redis, registry.keys.retrain_lock, settings.lock_ttl_s, "retrain"):
-            return _retrain(settings, registry, labels, progress=progress, world=world)
+            return _retrain(settings, registry, labels, progress=False, world=world, lease=None)
+        with registry.lock(settings.lock_ttl_s, "retrain") as lease:
+            return _retrain(settings, registry, labels, progress=progress, world=world, lease=lease)
     finally:
         teardown(world)
 
 
-def _retrain(settings: Settings, registry: Registry, labels: Labels, *, progress: bool, world: World) -> dict[str, Any]:
+def ship(model: torch.nn.Module, parent: torch.nn.Module, selection: Split, val: Split) -> tuple[float, float]:
+    """Pull the fine-tuned ``model`` back towards its parent, then fit the temperature on exactly
+    those weights (fitting it before the pull calibrates a model that never ships). Returns the
+    mixing weight and the temperature."""
+    # No worse than the parent on the selection images: the gate's own tolerance is then left
+    # for the noise between that set and the held-out one.
+    mix = interpolate_towards_parent(model, parent, selection, 0.0)
+    return mix, fit_temperature(predict_logits(model, val.images), val.labels)
+
+
+def _retrain(
+    settings: Settings, registry: Registry, labels: Labels, *, progress: bool, world: World, lease: Lease | None
+) -> dict[str, Any]:
     start = time.perf_counter()
     parent, parent_weights = registry.weights()
     seen_upto = labels.latest_seq()
@@ -151,9 +166,10 @@ def _retrain(settings: Settings, registry: Registry, labels: Labels, *, progress
     result = fit(model, mixed, base_heldout, config, world)
     if not world.main:
         return summary | {"rank": world.rank}
-    # No worse than the parent on the selection images: the gate's own tolerance is then left
-    # for the noise between that set and the held-out one.
-    mix = interpolate_towards_parent(model, parent_weights, parent.arch, selection, 0.0)
+    assert lease is not None  # rank 0 holds the lock
+    lease.check()  # a lost lock fails here, before scoring; the fenced publish is the guarantee
+    parent_model = artifact.load_into(network.build(parent.arch), parent_weights)
+    mix, temperature = ship(model, parent_model, selection, base_heldout)
     after = {"base_heldout_accuracy": accuracy(model, base_heldout), "new_heldout_accuracy": accuracy(model, heldout)}
 
     gain = after["new_heldout_accuracy"] - before["new_heldout_accuracy"]
@@ -199,12 +215,12 @@ def _retrain(settings: Settings, registry: Registry, labels: Labels, *, progress
         VersionInfo(
             arch=parent.arch,
             preprocess_version=scan.PREPROCESS_VERSION,
-            temperature=result.temperature,
+            temperature=temperature,
             data_fingerprint=f"labels:{len(new)}:{digest}+replay:{replay_n}:{base_fingerprint}",
             metrics=metrics,
             parent=parent.version,
             weights_source=f"finetune:{parent.version}",
-            status="promoted" if promoted else "rejected",
+            status=VersionStatus.PROMOTED if promoted else VersionStatus.REJECTED,
             reason=reason,
             training={
                 **dataclasses.asdict(config),
@@ -212,13 +228,18 @@ def _retrain(settings: Settings, registry: Registry, labels: Labels, *, progress
                 "new_n": len(new),
                 "replay_n": replay_n,
                 "labels_upto": seen_upto,
+                "temperature_before_mix": result.temperature,
             },
+            labels_upto=seen_upto,
         ),
-        make_current=promoted,
+        make_current=promoted,  # a promotion also moves both label watermarks to seen_upto
+        token=lease.token,
+        expect_current=parent.version,
+        check_current=promoted,
     )
-    labels.set_watermark(seen_upto, "tried")
-    if promoted:
-        labels.set_watermark(seen_upto, "used")
+    if not promoted:
+        labels.set_watermark(seen_upto, "tried")
+    pruned = registry.prune(settings.keep_versions, token=lease.token)
     log.info("retrain %s: %s (%s)", info.version, "promoted" if promoted else "rejected", reason)
     return summary | {
         "version": info.version,
@@ -228,6 +249,8 @@ def _retrain(settings: Settings, registry: Registry, labels: Labels, *, progress
         "before": before,
         "after": after,
         "replay": replay_n,
+        "temperature": temperature,
+        "pruned": pruned,
         "seconds": time.perf_counter() - start,
     }
 
@@ -266,6 +289,9 @@ def watch(
                 outcome = retrain(settings, registry, labels)
                 registry.redis.set(last_key, time.time())
             except LockHeldError as exc:
+                outcome = {"skipped": True, "reason": str(exc)}
+            except (LockLostError, RegistryConflictError) as exc:  # fenced: nothing published; next run retries
+                log.error("retrain not published: %s", exc)
                 outcome = {"skipped": True, "reason": str(exc)}
             runs.append(outcome)
         elif once:

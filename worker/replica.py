@@ -10,7 +10,8 @@ Hot swap: a watcher thread hears of new current versions (pub/sub, and a periodi
 case a message was missed), builds and warms a new engine beside the serving one, and swaps
 the reference; the batcher reads it once per batch, so the switch lands on a batch boundary
 and every result records the version that made it. A version that fails to load or warm is
-logged and never switched to.
+never switched to: it is retried with backoff when the cause may pass (Redis errors), never when
+it lasts (checksum, pruned weights, foreign preprocessing); see worker/versions.py.
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ from config.settings import Settings
 from recognizer import scan
 from recognizer.engine import Engine, Prediction, engine_for
 from storage import workers
-from storage.connection import BLOCK_S, connect
+from storage.connection import connect
 from storage.jobs import ItemResult, Jobs
 from storage.keys import Keys
-from storage.registry import Registry, text
+from storage.registry import Registry
 from worker.batcher import Batcher, BatchInfo
+from worker.versions import Refusals, check_preprocess, watch_announcements
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +75,20 @@ class Replica:
             self._run, max_batch=max_batch, max_wait_s=settings.max_wait_ms / 1000, name="inkq-model"
         )
         self.items_served = 0
-        self.refused: dict[str, str] = {}  # versions that failed to load or warm, and why
+        self.refusals = Refusals()  # versions that failed to load or warm, by (name, sha256)
+        self.refused: dict[str, str] = {}  # the same, by name, for the heartbeat
+        self.serving: tuple[str, str] = self._built  # (name, sha256) of the engine serving
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._announced = False
 
     def _build(self, version: str | None) -> Engine:
         info, weights = self.registry.weights(version)
+        check_preprocess(info)
         engine = engine_for(info, weights, self.settings)
         engine.warm()
         log.info("model %s ready: %s (warmed in %.1fs)", info.version, engine.describe(), engine.warm_seconds)
+        self._built = (info.version, info.sha256)
         return engine
 
     def _run(self, digests: list[str]) -> list[Served]:
@@ -178,46 +184,46 @@ class Replica:
         pipe.expire(key, 24 * 3600)
         pipe.execute()
 
-    # Hot swap
+    # Hot swap (what to try and when: worker/versions.py)
     def maybe_switch(self, version: str | None) -> bool:
-        """Build, warm and switch to ``version`` (default: the registry's current) if it is new."""
+        """Build, warm and switch to ``version`` (default: the registry's current) if it is new:
+        another name, or the same name with other weights (a registry rebuilt from scratch)."""
         version = version or self.registry.current()
-        if not version or version == self.engine.version or version in self.refused:
+        if not version:
+            return False
+        try:
+            info = self.registry.info(version)
+        except Exception as exc:  # Redis blip or metadata missing: retried with backoff
+            return self._refuse(version, "", exc)
+        identity = (info.version, info.sha256)
+        if identity == self.serving or not self.refusals.may_try(*identity):
             return False
         log.info("new current model %s: building it beside %s", version, self.engine.version)
         try:
             engine = self._build(version)
         except Exception as exc:  # a corrupt or unloadable version must never stop serving
-            self.refused[version] = f"{type(exc).__name__}: {exc}"
-            log.error("not switching to model %s, still serving %s: %s", version, self.engine.version, exc)
-            self._beat()
-            return False
+            return self._refuse(version, info.sha256, exc)
+        self.refusals.forget(*identity)
+        self.refusals.forget(version, "")  # an earlier failure to read its metadata
+        self.refused = self.refusals.snapshot()
         if self.registry.current() != version:
             log.info("model %s is no longer current; staying on %s", version, self.engine.version)
             return False
-        old, self.engine = self.engine, engine
+        old, self.engine, self.serving = self.engine, engine, self._built
         log.info("switched from model %s to %s", old.version, engine.version)
         self._beat()
         return True
 
+    def _refuse(self, version: str, sha256: str, exc: BaseException) -> bool:
+        refusal = self.refusals.refuse(version, sha256, exc)
+        self.refused = self.refusals.snapshot()
+        retry = "never retried" if refusal.permanent else f"retried with backoff (attempt {refusal.attempts})"
+        log.error("not switching to model %s, still serving %s (%s): %s", version, self.engine.version, retry, exc)
+        self._beat()
+        return False
+
     def _watch_versions(self) -> None:
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        last_check = time.monotonic()
-        while not self._stop.is_set():
-            try:
-                if not pubsub.subscribed:  # first time, and after Redis went away (a restart, a failover)
-                    pubsub.subscribe(self.keys.model_events)
-                message = pubsub.get_message(timeout=BLOCK_S)
-                announced = text(message["data"]) if message else None
-                if announced or time.monotonic() - last_check > VERSION_CHECK_S:
-                    last_check = time.monotonic()
-                    self.maybe_switch(announced)
-            except Exception:  # Redis blips: keep watching, keep serving
-                log.warning("model version watch failed; retrying", exc_info=True)
-                self._stop.wait(1.0)
-                pubsub.close()
-                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        pubsub.close()
+        watch_announcements(self.redis, self.keys, self._stop, self.maybe_switch, VERSION_CHECK_S)
 
     # Readiness, for operators and tests: a key per ready worker, kept alive by a heartbeat.
     def announce(self, hostname: str) -> None:
@@ -248,6 +254,7 @@ class Replica:
             last_batch_at=self.batcher.last_batch_at,
             items_served=self.items_served,
             refused=dict(self.refused),
+            compile_fallback=self.engine.compile_error,
         )
         workers.write(self.redis, self.keys, state, HEARTBEAT_S * 3)
 

@@ -1,0 +1,132 @@
+"""A worker's choice of model versions, in process against a real Redis: preprocessing checks,
+permanent and transient refusals with backoff, versions told apart by SHA-256, and the eager
+fallback reported in the heartbeat."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+import redis
+import torch
+
+from config import ArtifactCorruptError, Settings
+from recognizer import artifact, network, scan
+from recognizer.engine import Engine
+from storage.registry import VersionInfo
+from worker.replica import Replica
+from worker.versions import MAX_RETRY_S, Refusals, is_transient
+
+
+def weights(seed: int) -> bytes:
+    torch.manual_seed(seed)
+    return artifact.dump(network.build())
+
+
+def meta(**fields: object) -> VersionInfo:
+    base: dict[str, object] = {"arch": dict(network.DEFAULT_ARCH), "preprocess_version": scan.PREPROCESS_VERSION}
+    return VersionInfo(**(base | fields))  # type: ignore[arg-type]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture()
+def replica(redis_url: str) -> Iterator[Replica]:
+    settings = Settings(redis_url=redis_url, compile=False, precision="fp32", device="cpu", buckets=(1,), max_batch=1)
+    from storage.connection import connect
+    from storage.keys import Keys
+    from storage.registry import Registry
+
+    Registry(connect(redis_url), Keys()).publish(weights(1), meta())
+    worker = Replica(settings)
+    worker.hostname = "test-worker"
+    yield worker
+    worker.close()
+
+
+def heartbeat(worker: Replica) -> dict[str, object]:
+    worker._beat()
+    return dict(json.loads(worker.redis.get(worker.keys.worker(worker.hostname)) or b"{}"))
+
+
+def test_refuses_preprocessing_it_does_not_implement(replica: Replica) -> None:
+    v2 = replica.registry.publish(weights(2), meta(preprocess_version="other-box/9")).version
+    assert not replica.maybe_switch(None)
+    assert replica.engine.version == "v1"
+    reason = str(heartbeat(replica)["refused"][v2])  # type: ignore[index]
+    assert "PreprocessMismatchError" in reason and "other-box/9" in reason and scan.PREPROCESS_VERSION in reason
+    assert not replica.refusals.may_try(v2, replica.registry.info(v2).sha256)  # permanent
+
+
+def test_corrupt_weights_stay_refused(replica: Replica) -> None:
+    clock = Clock()
+    replica.refusals = Refusals(clock)
+    v2 = replica.registry.publish(weights(2), meta()).version
+    replica.redis.setrange(replica.keys.model_weights(v2), 1000, b"\x00" * 64)
+    assert not replica.maybe_switch(None)
+    clock.now += 10 * MAX_RETRY_S
+    assert not replica.refusals.may_try(v2, replica.registry.info(v2).sha256)
+    assert "checksum" in replica.refused[v2] and "transient" not in replica.refused[v2]
+
+
+def test_transient_failure_is_retried_with_backoff(replica: Replica, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    replica.refusals = Refusals(clock)
+    v2 = replica.registry.publish(weights(2), meta()).version
+    real = replica.registry.weights
+    blips = [redis.ConnectionError("connection reset"), redis.TimeoutError("timed out")]
+
+    def flaky(version: str | None = None) -> tuple[VersionInfo, bytes]:
+        if blips:
+            raise blips.pop(0)
+        return real(version)
+
+    monkeypatch.setattr(replica.registry, "weights", flaky)
+    assert not replica.maybe_switch(v2)
+    assert "transient" in replica.refused[v2] and "attempt 1" in replica.refused[v2]
+    assert not replica.maybe_switch(v2)  # backing off: not even tried
+    assert len(blips) == 1
+    clock.now += 2.5
+    assert not replica.maybe_switch(v2)  # second try, fails again; the wait doubles
+    assert "attempt 2" in replica.refused[v2]
+    clock.now += 2.5
+    assert not replica.maybe_switch(v2)  # still backing off (4 s)
+    clock.now += 2.0
+    assert replica.maybe_switch(v2)
+    assert replica.engine.version == v2 and v2 not in heartbeat(replica)["refused"]  # type: ignore[operator]
+
+
+def test_same_name_other_weights_is_a_new_version(replica: Replica) -> None:
+    """Redis lost everything and the registry starts again at v1: the worker compares weights too."""
+    old_sha = replica.serving[1]
+    replica.redis.flushdb()
+    replica.registry.publish(weights(7), meta())
+    assert replica.maybe_switch(None)
+    assert replica.serving[0] == "v1" and replica.serving[1] != old_sha
+    assert not replica.maybe_switch(None)  # and then it is the one serving
+
+
+def test_classification() -> None:
+    assert is_transient(redis.ConnectionError("down")) and is_transient(TimeoutError())
+    assert not is_transient(ArtifactCorruptError("checksum")) and not is_transient(ValueError("unknown arch"))
+
+
+def test_eager_fallback_is_in_the_heartbeat(replica: Replica) -> None:
+    assert heartbeat(replica)["compile_fallback"] is None
+    engine = Engine(network.build(), compile=False, buckets=(1,), precision="fp32", version="v1")
+
+    def broken(x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("inductor: no C compiler found\nlong trace")
+
+    engine._forward, engine.compiled = broken, True  # what a failed torch.compile looks like at warm-up
+    engine.warm()
+    assert not engine.compiled
+    replica.engine = engine
+    assert heartbeat(replica)["compile_fallback"] == "RuntimeError: inductor: no C compiler found"

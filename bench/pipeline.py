@@ -29,7 +29,8 @@ from producer.demo import outlined
 from producer.local import local_redis, script, start_worker, stop
 from storage.connection import connect
 from storage.keys import Keys
-from storage.registry import Registry, VersionInfo, text
+from storage.registry import Registry, VersionInfo
+from storage.utils import as_text
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def end_to_end(s: Stack, folder: Path, truth: dict[str, int]) -> dict[str, Any]:
         seconds = time.perf_counter() - start
         assert status.complete, f"end-to-end run did not complete: {status}"
         rows = client.results(report.job)
-        stats = {text(k): float(v) for k, v in client.redis.hgetall(Keys().worker_stats(node)).items()}
+        stats = {as_text(k): float(v) for k, v in client.redis.hgetall(Keys().worker_stats(node)).items()}
     n = len(rows)
     # Each batch's model time counted once (many messages may wait on the same batch).
     batches = {r["batch"]["id"]: r["timings"]["model_ms"] for r in rows if r["batch"]}
@@ -189,7 +190,7 @@ def latency(s: Stack, files: list[str], *, rate: float, count: int, **worker: st
                     continue
                 finished = time.perf_counter()
                 with lock:
-                    job = outstanding.pop(text(got[0]))
+                    job = outstanding.pop(as_text(got[0]))
                 latencies.append((finished - began[job]) * 1000)
                 (row,) = collector.results(job)
                 sizes[row["batch"]["size"] if row["batch"] else 0] += 1

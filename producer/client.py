@@ -13,11 +13,7 @@ exactly the items still missing. ``client.cancel(job)`` ends a job early.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import os
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -27,6 +23,7 @@ from typing import Any
 
 from config.errors import ImageError, InkqError
 from config.settings import Settings, load_settings
+from producer.export import export_review
 from producer.files import Found, find_images, read_capped
 from producer.labelling import Candidate, LabelError, parse_label, validate
 from recognizer import scan
@@ -34,10 +31,12 @@ from storage import queue
 from storage.connection import connect
 from storage.jobs import Jobs, JobStatus
 from storage.keys import Keys
-from storage.labels import NUM_CLASSES, Labels
+from storage.labels import Labels
 from storage.lifecycle import Lifecycle
 from storage.redis_checks import check_store
 
+# What `producer review` shows of each result marked for review.
+REVIEW_FIELDS = ("item", "digest", "label", "confidence", "top3")
 # Images are read, hashed and stored in groups this size: one Redis round trip per group.
 STORE_GROUP = 256
 
@@ -259,38 +258,17 @@ class Client:
         out = []
         for owner, index in self.jobs.review_entries(job, limit):
             row = self.jobs.result(owner, index)
-            if row is None or self.labels.has(row["digest"]):
+            # A row without a digest is not one a worker wrote: nothing to label, drop the mark.
+            if not isinstance(row, dict) or not isinstance(row.get("digest"), str) or self.labels.has(row["digest"]):
                 self.jobs.unmark_review(owner, index)
                 continue
-            out.append(
-                {"job": owner, "index": index} | {k: row[k] for k in ("item", "digest", "label", "confidence", "top3")}
-            )
+            out.append({"job": owner, "index": index} | {k: row.get(k) for k in REVIEW_FIELDS})
         return out
 
     def export_review(self, rows: list[dict[str, Any]], folder: Path) -> Path:
-        """Write each row's image into ``folder`` and a ``labels.csv`` prefilled with the predicted
-        labels, for a person to correct and feed back with ``producer label --csv``.
-
-        Redis data is untrusted here: file names are made from the job id and the index alone
-        (a row whose job id is not a plain token is skipped), the suffix from the image's own
-        format, labels are written only when they are a digit, the sheet through the csv module,
-        and no file is written through a link. Nothing lands outside ``folder``."""
-        folder.mkdir(parents=True, exist_ok=True)
-        images = self.jobs.fetch_images([str(r.get("digest", "")) for r in rows])
-        sheet = [["path", "label"]]
-        for row, data in zip(rows, images, strict=True):
-            job, index = str(row.get("job", "")), row.get("index")
-            if data is None or not _SAFE_JOB.fullmatch(job) or type(index) is not int or index < 0:
-                continue
-            name = f"{job}-{index:06d}{_suffix_of(data)}"
-            _write_new(folder / name, data)
-            label = row.get("label")
-            sheet.append([name, str(label) if type(label) is int and 0 <= label < NUM_CLASSES else ""])
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows(sheet)
-        path = folder / "labels.csv"
-        _write_new(path, buf.getvalue().encode())
-        return path
+        """Write each row's image and a ``labels.csv`` prefilled with the predicted labels into
+        ``folder``, for a person to correct and feed back with ``producer label --csv``."""
+        return export_review(rows, self.jobs.fetch_images([str(r.get("digest", "")) for r in rows]), folder)
 
     def status(self, job: str) -> JobStatus:
         return self.jobs.status(job)
@@ -312,26 +290,6 @@ class Client:
         cancelled = self.lifecycle.cancel(job)
         status = self.jobs.status(job)
         return status.as_dict() | {"cancelled_items": cancelled or 0, "was_complete": cancelled is None}
-
-
-# Job ids are uuid4 hex; anything with a dot or a slash in it did not come from ``Jobs.create``.
-_SAFE_JOB = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "TIFF": ".tif", "BMP": ".bmp", "DIB": ".bmp", "GIF": ".gif"}
-_SUFFIXES |= {"WEBP": ".webp", "PPM": ".pnm"}
-
-
-def _suffix_of(data: bytes) -> str:
-    try:
-        return _SUFFIXES.get(scan.probe(data, max_bytes=len(data) + 1, max_pixels=2**62).format, ".img")
-    except ImageError:
-        return ".img"
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path``, replacing a file there but never following a link."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
 
 
 def parse_label_or_raise(raw: str) -> int:

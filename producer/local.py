@@ -20,7 +20,7 @@ from pathlib import Path
 from config.errors import InkqError, StoreUnavailableError
 from storage.connection import BLOCK_S, connect
 from storage.keys import Keys
-from storage.registry import text
+from storage.utils import as_text
 
 # The folder, inside a state dir, that holds Redis's append-only files.
 AOF_DIR = "appendonly"
@@ -151,7 +151,7 @@ def start_worker(
     deadline = time.monotonic() + timeout
     while True:
         got = client.blpop([ready_list], timeout=BLOCK_S)
-        if got is not None and text(got[1]) == name:
+        if got is not None and as_text(got[1]) == name:
             return process
         if got is not None:
             client.rpush(ready_list, got[1])  # another worker's announcement: leave it

@@ -15,7 +15,7 @@ from typing import Any
 import redis
 
 from storage.keys import Keys
-from storage.registry import text
+from storage.utils import as_text
 
 __all__ = ["DeadLetter", "DeadLetters"]
 
@@ -59,7 +59,7 @@ class DeadLetters:
 
     def last_error(self, task_id: str) -> str | None:
         raw = self.redis.hget(self.keys.deliveries(task_id), "error")
-        return None if raw is None else text(raw)
+        return None if raw is None else as_text(raw)
 
     def succeeded(self, task_id: str) -> None:
         self.redis.delete(self.keys.deliveries(task_id))

@@ -28,7 +28,7 @@ import redis
 from config.errors import JobNotFoundError
 from storage.keys import Keys
 from storage.manifest import PAGE, Item, Manifest
-from storage.registry import text
+from storage.utils import as_text
 
 __all__ = ["ItemResult", "JobState", "JobStatus", "Jobs", "script"]
 
@@ -166,6 +166,14 @@ class Jobs:
         pipe.execute()
         return job
 
+    def wants_results(self, job: str) -> bool:
+        """False when results for ``job`` would be dropped (cancelled, or expired): a worker
+        skips such a message instead of computing what nobody will read."""
+        state = self.redis.hget(self.keys.job(job), "state")
+        if state is None:
+            return bool(self.redis.exists(self.keys.job(job)))
+        return as_text(state) != JobState.CANCELLED
+
     def status(self, job: str) -> JobStatus:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hmget(self.keys.job(job), _STATUS_FIELDS)
@@ -173,7 +181,7 @@ class Jobs:
         raw, leased = pipe.execute()
         if raw[0] is None:
             raise JobNotFoundError(f"no job {job!r} (unknown, or expired after INKQ_RESULT_TTL_S)")
-        data = {k: text(v) for k, v in zip(_STATUS_FIELDS, raw, strict=True) if v is not None}
+        data = {k: as_text(v) for k, v in zip(_STATUS_FIELDS, raw, strict=True) if v is not None}
         total, done = int(data["total"]), int(data["done"])
         return JobStatus(
             job=job,
@@ -230,13 +238,13 @@ class Jobs:
 
     def review_entries(self, job: str | None = None, limit: int = 1000) -> list[tuple[str, int]]:
         """(job, index) of results marked for review, oldest first; entries of expired jobs are dropped."""
-        members = [text(m) for m in self.redis.zrange(self.keys.review, 0, -1)]
+        members = [as_text(m) for m in self.redis.zrange(self.keys.review, 0, -1)]
         out, gone = [], []
         for member in members:
             owner, _, index = member.rpartition(":")
             if job is not None and owner != job:
                 continue
-            if not self.redis.exists(self.keys.job(owner)):
+            if not index.isdigit() or not self.redis.exists(self.keys.job(owner)):  # expired, or not ours
                 gone.append(member)
                 continue
             out.append((owner, int(index)))

@@ -17,7 +17,7 @@ from typing import Any
 import redis
 
 from storage.keys import Keys
-from storage.registry import text
+from storage.utils import as_text
 
 NUM_CLASSES = 10
 
@@ -82,11 +82,11 @@ class Labels:
 
     def since(self, seq: int) -> list[Sample]:
         """Samples written after sequence number ``seq``, oldest first."""
-        digests = [text(d) for d in self.redis.zrangebyscore(self.keys.labels_log, f"({seq}", "+inf")]
+        digests = [as_text(d) for d in self.redis.zrangebyscore(self.keys.labels_log, f"({seq}", "+inf")]
         return self._load(digests)
 
     def all(self) -> list[Sample]:
-        return self._load([text(d) for d in self.redis.zrange(self.keys.labels_log, 0, -1)])
+        return self._load([as_text(d) for d in self.redis.zrange(self.keys.labels_log, 0, -1)])
 
     def _load(self, digests: list[str]) -> list[Sample]:
         if not digests:

@@ -17,7 +17,7 @@ from typing import Any
 from config.errors import JobNotFoundError, JobStateError
 from storage.jobs import Jobs, JobState, job_fields, script
 from storage.manifest import PAGE, Item
-from storage.registry import text
+from storage.utils import as_text
 
 __all__ = ["Lifecycle"]
 
@@ -67,7 +67,7 @@ class Lifecycle:
     def hold(self, job: str, token: str) -> None:
         """Renew the submitter's lease; raises when the job was cancelled or another took it."""
         state = self.redis.hget(self.keys.job(job), "state")
-        if state is not None and text(state) == JobState.CANCELLED:
+        if state is not None and as_text(state) == JobState.CANCELLED:
             raise JobStateError(f"job {job} was cancelled while it was being submitted: stopped queueing")
         if not self.manifest.renew(job, token, self.jobs.lease_s):
             raise JobStateError(f"another process took over submitting job {job}: this one stops")

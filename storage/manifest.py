@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 import redis
 
 from storage.keys import Keys
-from storage.registry import text
+from storage.utils import as_text
 
 __all__ = ["PAGE", "Item", "Manifest"]
 
@@ -74,7 +74,7 @@ class Manifest:
 
     # Chunks
     def queued(self, job: str) -> set[int]:
-        return {int(text(c)) for c in self.redis.smembers(self.keys.job_queued(job))}
+        return {int(as_text(c)) for c in self.redis.smembers(self.keys.job_queued(job))}
 
     def mark_queued(self, job: str, chunk: int) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -98,12 +98,12 @@ class Manifest:
             return bool(self.redis.set(key, token, px=int(lease_s * 1000), nx=True))
         # A read then a write: at worst two submitters overlap for a moment, which costs only a
         # duplicate message (results are idempotent), never a lost one.
-        return text(holder) == token and bool(self.redis.pexpire(key, int(lease_s * 1000)))
+        return as_text(holder) == token and bool(self.redis.pexpire(key, int(lease_s * 1000)))
 
     def release(self, job: str, token: str) -> None:
         key = self.keys.job_lease(job)
         holder = self.redis.get(key)
-        if holder is not None and text(holder) == token:
+        if holder is not None and as_text(holder) == token:
             self.redis.delete(key)
 
     def held(self, job: str) -> bool:

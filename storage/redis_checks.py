@@ -23,6 +23,7 @@ import redis
 
 from config.errors import UnsafeStoreError
 from config.settings import Settings
+from storage.utils import as_text
 
 __all__ = ["StoreConfig", "check_store", "read_config"]
 
@@ -48,9 +49,9 @@ def read_config(client: redis.Redis) -> StoreConfig:
         raw |= client.config_get("appendonly")
         raw |= client.config_get("save")
         return StoreConfig(
-            policy=_text(raw.get("maxmemory-policy")),
-            aof=_text(raw.get("appendonly")) == "yes" if "appendonly" in raw else None,
-            rdb=bool(_text(raw.get("save")).strip()) if "save" in raw else None,
+            policy=as_text(raw.get("maxmemory-policy")),
+            aof=as_text(raw.get("appendonly")) == "yes" if "appendonly" in raw else None,
+            rdb=bool(as_text(raw.get("save")).strip()) if "save" in raw else None,
             source="config",
         )
     except redis.ResponseError:  # CONFIG renamed, disabled or not permitted (managed Redis, ACLs)
@@ -63,7 +64,7 @@ def read_config(client: redis.Redis) -> StoreConfig:
     aof = info.get("aof_enabled")
     # INFO does not show whether snapshots are scheduled, only when the last one happened.
     return StoreConfig(
-        policy=None if policy is None else _text(policy),
+        policy=None if policy is None else as_text(policy),
         aof=None if aof is None else bool(int(aof)),
         rdb=None,
         source="info",
@@ -110,9 +111,3 @@ def check_store(client: redis.Redis, settings: Settings, component: str) -> list
     for warning in warnings:
         log.warning("%s", warning)
     return warnings
-
-
-def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode()
-    return "" if value is None else str(value)

@@ -36,8 +36,9 @@ from config.errors import (
 )
 from storage.keys import Keys
 from storage.lock import Lease, held
+from storage.utils import as_text
 
-__all__ = ["Registry", "VersionInfo", "VersionStatus", "text"]
+__all__ = ["Registry", "VersionInfo", "VersionStatus"]
 
 _FENCE = Path(__file__).with_name("registry_fence.lua").read_text()
 _SEQ = Path(__file__).with_name("registry_seq.lua").read_text()
@@ -87,11 +88,6 @@ class VersionInfo:
         if "labels_upto" not in data:  # versions published before the field existed
             data["labels_upto"] = int((data.get("training") or {}).get("labels_upto", 0))
         return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def text(raw: object) -> str:
-    """A Redis reply (bytes without decode_responses) as str."""
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 class Registry:
@@ -200,7 +196,7 @@ class Registry:
 
     def current(self) -> str | None:
         raw = self.redis.get(self.keys.model_current)
-        return None if raw is None else text(raw)
+        return None if raw is None else as_text(raw)
 
     def resolve(self, version: str | None = None) -> str:
         """The given version, or the current one; raises when there is none."""
@@ -235,7 +231,7 @@ class Registry:
 
     def versions(self) -> list[VersionInfo]:
         """Every version, oldest first."""
-        names = [text(v) for v in self.redis.zrange(self.keys.model_versions, 0, -1)]
+        names = [as_text(v) for v in self.redis.zrange(self.keys.model_versions, 0, -1)]
         if not names:
             return []
         metas = self.redis.mget([self.keys.model_meta(v) for v in names])

@@ -18,12 +18,14 @@ from typing import Any
 import redis
 
 from storage.keys import Keys
-from storage.registry import text
+from storage.utils import as_text
 
-__all__ = ["WorkerState", "list_workers", "read", "remove", "write"]
+__all__ = ["WorkerState", "add_stats", "list_workers", "read", "remove", "write"]
 
 # The index outlives any one worker; a worker missing from it for this long is forgotten.
 INDEX_TTL_S = 24 * 3600
+# A worker's running totals are kept this long after its last message.
+STATS_TTL_S = 24 * 3600
 
 
 @dataclass
@@ -79,7 +81,7 @@ def remove(client: redis.Redis, keys: Keys, hostname: str) -> None:
 
 def list_workers(client: redis.Redis, keys: Keys) -> list[WorkerState]:
     """Every worker with a live heartbeat, by hostname; forgets those whose state expired."""
-    names = sorted(text(n) for n in client.zrange(keys.workers_index, 0, -1))
+    names = sorted(as_text(n) for n in client.zrange(keys.workers_index, 0, -1))
     if not names:
         return []
     raws = client.mget([keys.worker(n) for n in names])
@@ -87,3 +89,18 @@ def list_workers(client: redis.Redis, keys: Keys) -> list[WorkerState]:
     if gone:
         client.zrem(keys.workers_index, *gone)
     return [WorkerState.from_dict(json.loads(raw)) for raw in raws if raw is not None]
+
+
+def add_stats(
+    client: redis.Redis, keys: Keys, hostname: str, counts: dict[str, int], millis: dict[str, float] | None = None
+) -> None:
+    """Add to a worker's running totals (messages, items, milliseconds per stage): where does the
+    time go, for operators and the benchmarks."""
+    key = keys.worker_stats(hostname)
+    pipe = client.pipeline(transaction=False)
+    for name, n in counts.items():
+        pipe.hincrby(key, name, n)
+    for name, ms in (millis or {}).items():
+        pipe.hincrbyfloat(key, name, ms)
+    pipe.expire(key, STATS_TTL_S)
+    pipe.execute()

@@ -19,7 +19,7 @@ from producer.client import Client
 from storage import queue, workers
 from storage.connection import connect
 from storage.keys import Keys
-from storage.registry import text
+from storage.utils import as_text
 from tests.conftest import BIN, MnistArrays, WorkerProcess, wait_for, write_digits
 
 pytestmark = [pytest.mark.integration]
@@ -41,7 +41,7 @@ class SlowWorker(WorkerProcess):
 
 
 def deliveries(client: redis.Redis) -> list[tuple[str, float]]:
-    rows = [text(raw).split() for raw in client.lrange(DELIVERIES, 0, -1)]
+    rows = [as_text(raw).split() for raw in client.lrange(DELIVERIES, 0, -1)]
     return [(task, float(at)) for task, at in rows]
 
 

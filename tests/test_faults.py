@@ -17,7 +17,7 @@ import pytest
 from config import Settings
 from producer.client import Client
 from storage.deadletters import DeadLetters
-from storage.registry import text
+from storage.utils import as_text
 from tests.conftest import MnistArrays, WorkerProcess, wait_for, write_digits
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -86,8 +86,8 @@ def test_three_sigkills_during_a_20000_image_job_lose_nothing(
         rows = [r for job in jobs.values() for r in client.results(job)]
         served = {w.name: sum(1 for r in rows if r["worker"] == w.name) for w in workers}
         stats = [client.redis.hgetall(client.keys.worker_stats(w.name)) for w in workers]
-        redelivered = sum(int(text(s.get(b"redelivered", b"0"))) for s in stats)
-        completed = sum(int(text(s.get(b"messages", b"0"))) for s in stats)
+        redelivered = sum(int(as_text(s.get(b"redelivered", b"0"))) for s in stats)
+        completed = sum(int(as_text(s.get(b"messages", b"0"))) for s in stats)
         messages = -(-BIG // 100) + -(-SMALL // 100)
         figures = {
             "images": BIG + SMALL,

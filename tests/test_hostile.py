@@ -16,12 +16,14 @@ import pytest
 
 from config.errors import ImageError
 from config.settings import Settings
+from producer.client import Client
 from producer.files import find_images, read_capped
 from recognizer import scan
 from recognizer.engine import Prediction
 from storage.connection import connect
 from storage.jobs import ItemResult, Jobs
 from storage.keys import Keys
+from storage.utils import as_text
 from tests.conftest import BIN, MnistArrays, WorkerProcess, write_digits
 from tests.hostile import Expect, write_corpus
 from worker.replica import Replica
@@ -240,3 +242,23 @@ def test_review_export_writes_only_inside_its_folder(
         sheet = list(csv.reader(f))
     # Only a digit is a label; the rest is left blank for a person to fill in.
     assert sheet == [["path", "label"], *([f"{real}-{n:06d}.png", label] for n, label in enumerate(["1", "", ""]))]
+
+
+def test_review_listing_survives_crafted_marks_and_rows(redis_url: str) -> None:
+    """Review marks and rows nobody but a worker should write: listed or dropped, never a crash."""
+    client, keys = connect(redis_url), Keys()
+    jobs = Jobs(client, keys, 3600)
+    job = jobs.create(3)
+    common: dict[str, Any] = {"review": True}
+    jobs.write_results(
+        [
+            ItemResult(job, 0, {"item": "ok.png", "digest": "a" * 64, "label": 4, "confidence": 0.3, "top3": []}),
+            ItemResult(job, 1, {"item": "no-digest.png"} | common),  # no digest: nothing to label
+            ItemResult(job, 2, {"digest": "b" * 64} | common),  # fields missing: shown as null
+        ]
+    )
+    client.zadd(keys.review, {f"{job}:0": 1.0, f"{job}:1": 1.0, f"{job}:2": 1.0, f"{job}:x": 1.0, "nocolon": 1.0})
+    rows = Client(Settings(redis_url=redis_url)).review()
+    assert [(r["index"], r["item"], r["label"]) for r in rows] == [(0, "ok.png", 4), (2, None, None)]
+    left = {as_text(m) for m in client.zrange(keys.review, 0, -1)}
+    assert left == {f"{job}:0", f"{job}:2"}  # the unusable marks are gone

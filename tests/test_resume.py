@@ -100,3 +100,7 @@ def test_cancelled_job_stays_cancelled_when_a_worker_comes(
     status = client.status(job)
     assert (status.state, status.done, status.failed) == (JobState.CANCELLED, 40, 40)
     assert all(r["error"].startswith("cancelled") for r in client.results(job))
+    skipped = sum(
+        int(client.redis.hget(k, "skipped") or 0) for k in client.redis.scan_iter(match="inkq:worker:*:stats")
+    )
+    assert skipped == 40  # the worker never ran the model for a cancelled job

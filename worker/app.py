@@ -23,6 +23,7 @@ from celery.exceptions import Reject, Retry
 
 from config.errors import ModelStalledError, UnsafeStoreError
 from config.settings import load_settings
+from storage import workers
 from storage.connection import connect
 from storage.deadletters import DeadLetter, DeadLetters
 from storage.queue import TASK_NAME, make_app
@@ -105,11 +106,7 @@ def _deliver(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
     letters = DeadLetters(r.redis, r.keys, settings.result_ttl_s)
     attempt = letters.delivered(task_id)
     if attempt > 1:  # for operators and the fault tests: how often work was started again
-        stats = r.keys.worker_stats(r.hostname)
-        pipe = r.redis.pipeline(transaction=False)
-        pipe.hincrby(stats, "redelivered", 1)
-        pipe.expire(stats, 24 * 3600)
-        pipe.execute()
+        workers.add_stats(r.redis, r.keys, r.hostname, {"redelivered": 1})
     if delivery.at_start(attempt, settings.max_deliveries).action is Action.DEAD_LETTER:
         error = letters.last_error(task_id) or "its worker died while handling it"
         return _dead_letter(letters, task_id, args, kwargs, attempt - 1, error)

@@ -133,6 +133,10 @@ class Replica:
         received = time.time()
         clock = [time.perf_counter()]
         ready = [(int(index), str(digest), str(path)) for index, digest, path in items]
+        if not self.jobs.wants_results(job):  # its results would be dropped: spare the model
+            log.info("job %s is cancelled or gone: skipping %d items", job, len(ready))
+            self._record_skip(len(ready))
+            return 0
         queue_ms = round((received - sent_at) * 1000, 3)
         futures = self.batcher.submit([digest for _, digest, _ in ready])
         outputs = self.batcher.gather(futures, self.settings.stall_timeout_s)
@@ -169,20 +173,15 @@ class Replica:
             for index, digest, path in items
         )
 
+    def _record_skip(self, items: int) -> None:
+        workers.add_stats(self.redis, self.keys, self.hostname, {"messages": 1, "skipped": items})
+
     def _record(self, items: int, queue_ms: float, fetch_ms: float, clock: list[float]) -> None:
-        """Add this message's time per stage to the worker's running totals (for the benchmarks
-        and operators: where does the time go?)."""
-        stages = ("batch", "write")
-        pipe = self.redis.pipeline(transaction=False)
-        key = self.keys.worker_stats(self.hostname)
-        pipe.hincrby(key, "messages", 1)
-        pipe.hincrby(key, "items", items)
-        pipe.hincrbyfloat(key, "queue_ms", queue_ms)
-        pipe.hincrbyfloat(key, "fetch_ms", fetch_ms)
-        for stage, (a, b) in zip(stages, itertools.pairwise(clock), strict=True):
-            pipe.hincrbyfloat(key, f"{stage}_ms", (b - a) * 1000)
-        pipe.expire(key, 24 * 3600)
-        pipe.execute()
+        """Add this message's time per stage to the worker's running totals."""
+        millis = {"queue_ms": queue_ms, "fetch_ms": fetch_ms}
+        for stage, (a, b) in zip(("batch", "write"), itertools.pairwise(clock), strict=True):
+            millis[f"{stage}_ms"] = (b - a) * 1000
+        workers.add_stats(self.redis, self.keys, self.hostname, {"messages": 1, "items": items}, millis)
 
     # Hot swap (what to try and when: worker/versions.py)
     def maybe_switch(self, version: str | None) -> bool:

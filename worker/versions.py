@@ -22,7 +22,8 @@ from config.errors import ArtifactCorruptError, ModelError, PreprocessMismatchEr
 from recognizer import scan
 from storage.connection import BLOCK_S
 from storage.keys import Keys
-from storage.registry import VersionInfo, text
+from storage.registry import VersionInfo
+from storage.utils import as_text
 
 __all__ = ["Refusals", "check_preprocess", "is_transient", "watch_announcements"]
 
@@ -109,7 +110,7 @@ def watch_announcements(
             if not pubsub.subscribed:  # first time, and after Redis went away (a restart, a failover)
                 pubsub.subscribe(keys.model_events)
             message = pubsub.get_message(timeout=BLOCK_S)
-            announced = text(message["data"]) if message else None
+            announced = as_text(message["data"]) if message else None
             if announced or time.monotonic() - last_check > check_s:
                 last_check = time.monotonic()
                 on_version(announced)

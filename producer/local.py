@@ -55,17 +55,7 @@ def local_redis(state_dir: Path | None = None, *, port: int | None = None, fsync
         upgrade = (state_dir / "redis.rdb").exists() and not (state_dir / AOF_DIR).exists()
         command += ["--dir", str(state_dir.resolve()), "--dbfilename", "redis.rdb", "--appenddirname", AOF_DIR]
         command += ["--appendonly", "no" if upgrade else "yes", "--appendfsync", fsync]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert process.stdout is not None
-    seen = []
-    for line in process.stdout:
-        seen.append(line)
-        if "Ready to accept connections" in line:
-            break
-    else:
-        raise StoreUnavailableError(f"redis-server did not start on port {port}: {''.join(seen[-5:])}")
-    # Keep reading its log so that a full pipe can never block the server.
-    threading.Thread(target=process.stdout.read, daemon=True).start()
+    process = spawn_redis(command)
     url = f"redis://127.0.0.1:{port}/0"
     try:
         if upgrade:
@@ -80,6 +70,23 @@ def local_redis(state_dir: Path | None = None, *, port: int | None = None, fsync
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+def spawn_redis(command: list[str]) -> subprocess.Popen[str]:
+    """Start ``redis-server`` with ``command`` and return once it accepts connections."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if "Ready to accept connections" in line:
+            break
+    else:
+        process.wait(10)
+        raise StoreUnavailableError(f"redis-server did not start: {''.join(seen[-20:])}")
+    # Keep reading its log so that a full pipe can never block the server.
+    threading.Thread(target=process.stdout.read, daemon=True).start()
+    return process
 
 
 def _turn_on_aof(url: str, timeout: float = 120) -> None:

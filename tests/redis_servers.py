@@ -10,7 +10,6 @@ import contextlib
 import functools
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,9 @@ from typing import Any
 import pytest
 import redis
 
-from producer.local import free_port
+from config.errors import StoreUnavailableError
+from producer.local import free_port, spawn_redis
+from tests.conftest import unavailable
 
 __all__ = ["Certificates", "make_certificates", "publish_untrained", "redis_process", "untrained_model", "values"]
 
@@ -39,7 +40,7 @@ def _openssl(*args: str) -> None:
 def make_certificates(folder: Path, name: str = "inkq test CA") -> Certificates:
     """A fresh CA and a server certificate for 127.0.0.1/localhost signed by it (EC keys: fast)."""
     if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is not installed")
+        unavailable("the openssl command is not installed")
     folder.mkdir(parents=True, exist_ok=True)
     c = Certificates(folder)
     ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
@@ -61,21 +62,15 @@ def redis_process(*args: str, port: int | None = None) -> Iterator[tuple[subproc
     choose); the process and port, ready for clients. Killed at the end."""
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.skip("redis-server is not installed")
+        unavailable("redis-server is not installed")
     port = port or free_port()
     command = [binary, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     if "--port" not in args:
         command += ["--port", str(port)]
-    process = subprocess.Popen([*command, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert process.stdout is not None
-    seen = []
-    for line in process.stdout:
-        seen.append(line)
-        if "Ready to accept connections" in line:
-            break
-    else:
-        pytest.fail("redis-server did not start:\n" + "".join(seen[-20:]))
-    threading.Thread(target=process.stdout.read, daemon=True).start()
+    try:
+        process = spawn_redis([*command, *args])
+    except StoreUnavailableError as exc:
+        pytest.fail(str(exc))
     try:
         yield process, port
     finally:

@@ -61,8 +61,8 @@ class Field:
     """A rendered field. ``image`` is RGB uint8 (H, W, 3); ``boxes[i]`` bounds character i's ink
     (x0, y0, x1, y1, end exclusive) in the image's pixels; ``cells`` are the comb's cells (the
     single box's inside; none for free fields), as axis-aligned bounds after rotation; ``owner``
-    gives each pixel the index of the character whose ink covers it (-1: paper or rule); ``rules``
-    marks printed rule pixels under the ink."""
+    gives each pixel the index of the character whose ink covers it most (-1: paper or bare rule);
+    ``rules`` marks printed rule pixels, including those the ink covers."""
 
     image: np.ndarray
     text: str

@@ -11,5 +11,7 @@ COPY storage storage
 COPY producer producer
 COPY worker worker
 COPY trainer trainer
+# bench.synth: the MNIST reader the trainer uses and the generated data `producer demo` submits.
+COPY bench bench
 RUN pip install .
 CMD ["celery", "-A", "worker", "worker"]

@@ -21,9 +21,8 @@ from typing import Any
 import click
 
 from bench import common, model_only, pipeline, plots
+from bench.synth import load_mnist, write_digits
 from config.settings import load_settings
-from producer.demo import write_digits
-from trainer.data import load_raw
 
 PARTS = ("model", "e2e", "latency", "start", "retrain")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -89,7 +88,7 @@ def main(quick: bool, parts: tuple[str, ...], images: int | None, data_root: str
 
     pipeline_parts = [p for p in ("e2e", "latency", "start", "retrain") if p in selected]
     if pipeline_parts:
-        test_images, test_labels = load_raw(root, train=False)
+        test_images, test_labels = load_mnist(root, train=False)
         n = images or (200 if quick else 10_000)
         # Quick runs serve eager with small batches: seconds, not the minutes compiling takes.
         overrides = {"compile": "false", "buckets": "1,8", "max_batch": "8"} if quick else {}
@@ -124,7 +123,7 @@ def main(quick: bool, parts: tuple[str, ...], images: int | None, data_root: str
                     f"warm {result['worker_start_s']['warm']:.1f}s"
                 )
             if "retrain" in pipeline_parts:
-                train_images, train_labels = load_raw(root, train=True)
+                train_images, train_labels = load_mnist(root, train=True)
                 count = 40 if quick else 1000
                 cost = pipeline.retrain_cost(
                     s, train_images[:count], train_labels[:count], root, epochs=1 if quick else settings.retrain_epochs

@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from bench import naive
+from bench.synth import outlined, start_worker, stop, write_digits
 from config.settings import Settings, load_settings
 from producer.client import Client
-from producer.demo import outlined
-from producer.local import local_redis, script, start_worker, stop
+from producer.local import local_redis, script
 from storage.connection import connect
 from storage.keys import Keys
 from storage.registry import Registry, VersionInfo
@@ -231,10 +230,7 @@ def worker_start(s: Stack, cache: Path) -> dict[str, float]:
 def retrain_cost(s: Stack, images: np.ndarray, labels: np.ndarray, data_root: Path, epochs: int) -> dict[str, Any]:
     """Wall time of `trainer retrain` for len(images) new labels plus replay."""
     folder = s.workdir / "labels"
-    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
-        path = folder / str(int(label)) / f"{i:05d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(255 - outlined(img)).save(path)
+    write_digits(folder, images, labels, style=outlined, by_label=True)
     env = s.env | {"INKQ_DATA_ROOT": str(data_root), "INKQ_RETRAIN_EPOCHS": str(epochs)}
     subprocess.run([*script("producer"), "label", str(folder)], env=env, check=True, capture_output=True)
     start = time.perf_counter()

@@ -23,11 +23,11 @@ from typing import Any
 
 import click
 import numpy as np
-from PIL import Image, ImageFilter
 
-from config.errors import DatasetUnavailableError, InkqError
+from bench.synth import load_mnist, outlined, page_scans, start_worker, stop, write_digits
+from config.errors import InkqError
 from config.settings import Settings
-from producer.local import local_redis, script, start_worker, stop
+from producer.local import local_redis, script
 from storage.connection import connect
 from storage.keys import Keys
 from storage.registry import Registry
@@ -39,59 +39,8 @@ def say(message: str) -> None:
     click.echo(f"[demo] {message}", err=True)
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """An MNIST IDX file (optionally .gz) as a numpy array, without torch."""
-    import gzip
-
-    candidates = [path, path.with_name(path.name + ".gz")]
-    for candidate in candidates:
-        if candidate.exists():
-            raw = gzip.decompress(candidate.read_bytes()) if candidate.suffix == ".gz" else candidate.read_bytes()
-            dims = raw[3]
-            shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
-            return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
-    raise DatasetUnavailableError(f"MNIST file {path} not found; pass --data-root (INKQ_DATA_ROOT)")
-
-
-def write_scans(folder: Path, data_root: Path, count: int, seed: int) -> dict[str, int]:
-    """MNIST test digits as 'scans': dark ink on off-white paper, somewhere on a small page."""
-    raw = data_root / "MNIST" / "raw"
-    images, labels = read_idx(raw / "t10k-images-idx3-ubyte"), read_idx(raw / "t10k-labels-idx1-ubyte")
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    truth = {}
-    for n, i in enumerate(rng.choice(len(images), size=min(count, len(images)), replace=False)):
-        scale = int(rng.integers(2, 5))
-        digit = np.asarray(Image.fromarray(images[i]).resize((28 * scale, 28 * scale), Image.Resampling.BILINEAR))
-        page = np.full((28 * scale + 60, 28 * scale + 80), 240.0) + rng.normal(0, 4, (28 * scale + 60, 28 * scale + 80))
-        y, x = int(rng.integers(0, 60)), int(rng.integers(0, 80))
-        page[y : y + 28 * scale, x : x + 28 * scale] -= digit.astype(np.float64) * 0.8
-        path = folder / f"scan-{n:04d}.png"
-        Image.fromarray(np.clip(page, 0, 255).astype(np.uint8)).save(path)
-        truth[str(path)] = int(labels[i])
-    return truth
-
-
 def run(command: list[str], env: dict[str, str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, env=env, text=True, check=True, **kwargs)
-
-
-def write_digits(folder: Path, images: np.ndarray, labels: np.ndarray) -> dict[str, int]:
-    """MNIST digits as plain PNG scans (dark ink on white), as tests and benchmarks use them;
-    returns path -> true label."""
-    folder.mkdir(parents=True, exist_ok=True)
-    truth = {}
-    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
-        path = folder / f"{i:05d}.png"
-        Image.fromarray(255 - img).save(path)
-        truth[str(path)] = int(label)
-    return truth
-
-
-def outlined(digit: np.ndarray) -> np.ndarray:
-    """A handwriting style MNIST never showed: hollow strokes, drawn as their outline."""
-    ring = np.asarray(Image.fromarray(digit).filter(ImageFilter.MaxFilter(5)), np.int16) - digit.astype(np.int16)
-    return np.clip(ring * 2, 0, 255).astype(np.uint8)
 
 
 @contextlib.contextmanager
@@ -139,7 +88,8 @@ def accuracy(rows: list[dict[str, Any]], truth: dict[str, int]) -> float:
 def demo(settings: Settings, *, count: int, epochs: int, keep: bool) -> dict[str, Any]:
     with pipeline(settings, epochs) as (env, registry, _), tempfile.TemporaryDirectory(prefix="inkq-demo-") as tmp:
         folder = Path(tmp) / "scans"
-        truth = write_scans(folder, settings.path("data_root"), count, seed=0)
+        images, labels = load_mnist(settings.path("data_root"), train=False)
+        truth = page_scans(folder, images, labels, count, seed=0)
         say(f"wrote {len(truth)} scan-like digits to {folder}; submitting them")
         results, seconds = recognise(env, folder)
         if keep:
@@ -160,27 +110,20 @@ def demo(settings: Settings, *, count: int, epochs: int, keep: bool) -> dict[str
 def finetune_demo(settings: Settings, *, labels: int, test: int, epochs: int) -> dict[str, Any]:
     """Label a few hundred digits of a new style, retrain, and watch the running worker switch."""
     root = settings.path("data_root")
-    raw = root / "MNIST" / "raw"
-    train_images, train_labels = read_idx(raw / "train-images-idx3-ubyte"), read_idx(raw / "train-labels-idx1-ubyte")
-    test_images, test_labels = read_idx(raw / "t10k-images-idx3-ubyte"), read_idx(raw / "t10k-labels-idx1-ubyte")
+    train_images, train_labels = load_mnist(root, train=True)
+    test_images, test_labels = load_mnist(root, train=False)
     rng = np.random.default_rng(1)
     with pipeline(settings, epochs) as (env, registry, worker), tempfile.TemporaryDirectory(prefix="inkq-ft-") as tmp:
         work = Path(tmp)
         before = registry.current()
-        styled: dict[str, int] = {}
-        for i in rng.choice(len(test_images), size=min(test, len(test_images)), replace=False):
-            path = work / "style-test" / f"{i:05d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(255 - outlined(test_images[i])).save(path)
-            styled[str(path)] = int(test_labels[i])
+        chosen = rng.choice(len(test_images), size=min(test, len(test_images)), replace=False)
+        styled = write_digits(work / "style-test", test_images[chosen], test_labels[chosen], style=outlined)
         rows, _ = recognise(env, work / "style-test")
         style_before = accuracy(rows, styled)
         say(f"{before} reads {len(styled)} outlined test digits with accuracy {style_before:.2%}")
 
-        for n, i in enumerate(rng.choice(len(train_images), size=labels, replace=False)):
-            path = work / "labels" / str(int(train_labels[i])) / f"{n:05d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(255 - outlined(train_images[i])).save(path)
+        chosen = rng.choice(len(train_images), size=labels, replace=False)
+        write_digits(work / "labels", train_images[chosen], train_labels[chosen], style=outlined, by_label=True)
         run([*script("producer"), "label", str(work / "labels")], env, stdout=subprocess.DEVNULL)
         say(f"labelled {labels} outlined training digits; running `trainer retrain`")
         summary = json.loads(

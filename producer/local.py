@@ -1,14 +1,13 @@
-"""Running inkq's parts on this machine: a private Redis, worker processes, the console scripts.
+"""Running inkq's parts on this machine: a private Redis and the console scripts.
 
-Used by `producer demo` and the benchmarks. No torch here: workers are real
-`celery -A worker worker` subprocesses.
+Used by `producer demo`, the benchmarks and the tests; worker processes are started by
+bench.synth.workers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -17,10 +16,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from config.errors import InkqError, StoreUnavailableError
-from storage.connection import BLOCK_S, connect
-from storage.keys import Keys
-from storage.utils import as_text
+from config.errors import StoreUnavailableError
+from storage.connection import connect
 
 # The folder, inside a state dir, that holds Redis's append-only files.
 AOF_DIR = "appendonly"
@@ -124,55 +121,3 @@ def script(name: str) -> list[str]:
     """An installed console script (`producer`, `trainer`), as a user would run it."""
     beside = Path(sys.executable).parent / name
     return [str(beside)] if beside.exists() else [shutil.which(name) or name]
-
-
-def start_worker(
-    env: dict[str, str], name: str, log: Path, *, app: str = "worker", extra: tuple[str, ...] = (), timeout: float = 600
-) -> subprocess.Popen[bytes]:
-    """`celery -A worker worker -n NAME` as a subprocess, returned once it has announced itself
-    ready (model loaded, compiled and warmed). ``app`` and ``extra`` serve the benchmark's baseline."""
-    client = connect(env["INKQ_REDIS_URL"])
-    ready_list = Keys(env.get("INKQ_KEY_PREFIX", "inkq")).workers_ready
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                app,
-                "worker",
-                "-n",
-                name,
-                "--loglevel",
-                "info",
-                "--without-gossip",
-                "--without-mingle",
-                *extra,
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + timeout
-    while True:
-        got = client.blpop([ready_list], timeout=BLOCK_S)
-        if got is not None and as_text(got[1]) == name:
-            return process
-        if got is not None:
-            client.rpush(ready_list, got[1])  # another worker's announcement: leave it
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop(process)
-            raise InkqError(f"worker {name} did not become ready; its log is {log}:\n{log.read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen[bytes], *, kill: bool = False) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-    try:
-        process.wait(60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
 import threading
 import time
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 import redis
 
-from producer.demo import write_digits
+from bench.synth import WorkerProcess, write_digits
 
 ROOT = Path(__file__).resolve().parents[1]
 # The installed console scripts (`producer`, `trainer`), beside the Python running the tests.
@@ -71,9 +70,9 @@ def mnist_root() -> Path:
 @pytest.fixture(scope="session")
 def mnist_test(mnist_root: Path) -> tuple[np.ndarray, np.ndarray]:
     """The raw MNIST test images (uint8, N x 28 x 28) and labels."""
-    from trainer.data import load_raw
+    from bench.synth import load_mnist
 
-    return load_raw(mnist_root, train=False)
+    return load_mnist(mnist_root, train=False)
 
 
 @pytest.fixture()
@@ -96,37 +95,6 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         pause.wait(interval)
-
-
-class WorkerProcess:
-    """A real `celery -A worker worker` subprocess, ready (model loaded and warmed) on return."""
-
-    def __init__(
-        self, env: dict[str, str], name: str, log: Path, settings: dict[str, str], timeout: float = 240
-    ) -> None:
-        from config import InkqError
-        from producer.local import start_worker
-
-        self.name = f"{name}@{socket.gethostname()}"
-        self.log_path = log
-        self.env = env | {f"INKQ_{k.upper()}": str(v) for k, v in settings.items()}
-        try:
-            self.process = start_worker(self.env, self.name, log, timeout=timeout)
-        except InkqError as exc:
-            pytest.fail(str(exc))
-
-    def log(self) -> str:
-        return self.log_path.read_text()[-6000:]
-
-    def kill(self) -> None:
-        from producer.local import stop
-
-        stop(self.process, kill=True)
-
-    def stop(self) -> None:
-        from producer.local import stop
-
-        stop(self.process)
 
 
 @pytest.fixture(scope="session")

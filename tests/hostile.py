@@ -10,7 +10,6 @@ in well under a second, from real MNIST digits.
 from __future__ import annotations
 
 import contextlib
-import io
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
+
+from bench.synth import encode, on_paper
 
 __all__ = ["Expect", "write_corpus"]
 
@@ -40,12 +41,6 @@ DECODE = r"image data is truncated or corrupt \(\w[\w.]*: "
 HEADER = r"image header is corrupt \(\w[\w.]*: |not a readable image"
 BOMB = r"INKQ_MAX_IMAGE_PIXELS|decompression bomb"
 NO_INK = r"no ink found"
-
-
-def _encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kwargs)
-    return buf.getvalue()
 
 
 def _tiff(entries: list[tuple[int, int, int, bytes]], *, next_ifd: int = 0, count: int | None = None) -> bytes:
@@ -127,7 +122,7 @@ def write_corpus(folder: Path, digits: np.ndarray, labels: np.ndarray) -> dict[s
     and for folders and links as the walk does) -> what it must produce."""
     folder.mkdir(parents=True, exist_ok=True)
     out: dict[str, Expect] = {}
-    pages = [Image.fromarray(255 - d) for d in digits[:12]]  # dark ink on white paper, as scans are
+    pages = [on_paper(d) for d in digits[:12]]  # dark ink on white paper, as scans are
     big = [p.resize((56, 56), Image.Resampling.BILINEAR) for p in pages]
 
     def put(name: str, data: bytes, expect: Expect) -> None:
@@ -139,28 +134,28 @@ def write_corpus(folder: Path, digits: np.ndarray, labels: np.ndarray) -> dict[s
         return Expect("ok", label=int(labels[n]), page=shown)
 
     for n in range(4):
-        put(f"good-{n}.png", _encode(pages[n], "PNG"), ok(n))
+        put(f"good-{n}.png", encode(pages[n], "PNG"), ok(n))
 
     # Modes and containers: each must read as its digit.
     page, inked = big[4], big[4].point(lambda v: 255 if v > 128 else 0)
     alpha = Image.merge("LA", [Image.new("L", page.size, 0), Image.fromarray(255 - np.asarray(page))])
-    put("palette.png", _encode(page.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE), "PNG"), ok(4, page))
-    put("cmyk.jpg", _encode(page.convert("CMYK"), "JPEG", quality=95), ok(4, page))
-    put("gray16.png", _encode(Image.fromarray(np.asarray(page, np.uint16) * 257), "PNG"), ok(4, page))
-    put("gray-alpha.png", _encode(alpha, "PNG"), ok(4, page))  # black ink, its paper transparent
-    put("bilevel.png", _encode(inked.convert("1"), "PNG"), ok(4, inked))
-    put("digit.pbm", _encode(inked.convert("1"), "PPM"), ok(4, inked))
-    put("digit.pgm", _encode(big[5], "PPM"), ok(5, big[5]))
-    put("digit.ppm", _encode(big[5].convert("RGB"), "PPM"), ok(5, big[5]))
-    put("digit.bmp", _encode(big[5], "BMP"), ok(5, big[5]))
-    put("digit.webp", _encode(big[5].convert("RGB"), "WEBP", lossless=True), ok(5, big[5]))
-    put("digit.tif", _encode(big[5], "TIFF", compression="tiff_deflate"), ok(5, big[5]))
+    put("palette.png", encode(page.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE), "PNG"), ok(4, page))
+    put("cmyk.jpg", encode(page.convert("CMYK"), "JPEG", quality=95), ok(4, page))
+    put("gray16.png", encode(Image.fromarray(np.asarray(page, np.uint16) * 257), "PNG"), ok(4, page))
+    put("gray-alpha.png", encode(alpha, "PNG"), ok(4, page))  # black ink, its paper transparent
+    put("bilevel.png", encode(inked.convert("1"), "PNG"), ok(4, inked))
+    put("digit.pbm", encode(inked.convert("1"), "PPM"), ok(4, inked))
+    put("digit.pgm", encode(big[5], "PPM"), ok(5, big[5]))
+    put("digit.ppm", encode(big[5].convert("RGB"), "PPM"), ok(5, big[5]))
+    put("digit.bmp", encode(big[5], "BMP"), ok(5, big[5]))
+    put("digit.webp", encode(big[5].convert("RGB"), "WEBP", lossless=True), ok(5, big[5]))
+    put("digit.tif", encode(big[5], "TIFF", compression="tiff_deflate"), ok(5, big[5]))
     float_page = Image.fromarray(np.asarray(big[5], np.float32) / 255)
-    put("float.tif", _encode(float_page, "TIFF"), ok(5, big[5]))
+    put("float.tif", encode(float_page, "TIFF"), ok(5, big[5]))
     # Read at the first frame or page, whatever follows.
-    put("animated.gif", _encode(big[6], "GIF", save_all=True, append_images=[big[7]], duration=90), ok(6, big[6]))
-    put("multipage.tif", _encode(big[6], "TIFF", save_all=True, append_images=[big[7]]), ok(6, big[6]))
-    plain_tiff = _encode(big[6], "TIFF")
+    put("animated.gif", encode(big[6], "GIF", save_all=True, append_images=[big[7]], duration=90), ok(6, big[6]))
+    put("multipage.tif", encode(big[6], "TIFF", save_all=True, append_images=[big[7]]), ok(6, big[6]))
+    plain_tiff = encode(big[6], "TIFF")
     (ifd,) = struct.unpack("<I", plain_tiff[4:8])
     next_at = ifd + 2 + 12 * struct.unpack("<H", plain_tiff[ifd : ifd + 2])[0]
     looped = plain_tiff[:next_at] + struct.pack("<I", ifd) + plain_tiff[next_at + 4 :]  # its next page is itself
@@ -170,8 +165,8 @@ def write_corpus(folder: Path, digits: np.ndarray, labels: np.ndarray) -> dict[s
     # re-encoding the -1/0 rational. Its orientation is still honoured (the page is stored turned).
     upright, turned = big[8], big[8].transpose(Image.Transpose.ROTATE_90)
     bad_rational = _tiff([ROTATE_6, (X_RESOLUTION, SRATIONAL, 1, struct.pack("<ii", -1, 0))])
-    put("exif-bad-rational.jpg", _encode(turned, "JPEG", quality=100, exif=b"Exif\0\0" + bad_rational), ok(8, upright))
-    put("exif-bad-rational.png", _encode(turned, "PNG", exif=b"Exif\0\0" + bad_rational), ok(8, upright))
+    put("exif-bad-rational.jpg", encode(turned, "JPEG", quality=100, exif=b"Exif\0\0" + bad_rational), ok(8, upright))
+    put("exif-bad-rational.png", encode(turned, "PNG", exif=b"Exif\0\0" + bad_rational), ok(8, upright))
     honoured = {  # hostile around a readable orientation: turned upright
         "ifd-loop": _tiff([ROTATE_6], next_ifd=8),
         "huge-rational": _tiff([ROTATE_6, (X_RESOLUTION, RATIONAL, 0x0FFFFFFF, struct.pack("<I", 40))]),
@@ -184,28 +179,28 @@ def write_corpus(folder: Path, digits: np.ndarray, labels: np.ndarray) -> dict[s
         "garbage": b"II*\0\xff\xff\xff\x7f" + b"\xff" * 16,
     }
     for name, tiff in honoured.items():
-        put(f"exif-{name}.jpg", _encode(turned, "JPEG", quality=100, exif=b"Exif\0\0" + tiff), ok(8, upright))
+        put(f"exif-{name}.jpg", encode(turned, "JPEG", quality=100, exif=b"Exif\0\0" + tiff), ok(8, upright))
     for name, tiff in ignored.items():
-        put(f"exif-{name}.jpg", _encode(big[9], "JPEG", quality=100, exif=b"Exif\0\0" + tiff), ok(9, big[9]))
+        put(f"exif-{name}.jpg", encode(big[9], "JPEG", quality=100, exif=b"Exif\0\0" + tiff), ok(9, big[9]))
 
     # Truncated and corrupt files of every supported format.
     source = big[10]
     formats = {
-        "png": _encode(source, "PNG"),
-        "jpg": _encode(source.convert("RGB"), "JPEG", quality=95),
-        "tif": _encode(source, "TIFF"),
-        "bmp": _encode(source, "BMP"),
-        "gif": _encode(source, "GIF"),
-        "webp": _encode(source.convert("RGB"), "WEBP", lossless=True),
-        "pgm": _encode(source, "PPM"),
-        "ppm": _encode(source.convert("RGB"), "PPM"),
-        "pbm": _encode(source.convert("1"), "PPM"),
+        "png": encode(source, "PNG"),
+        "jpg": encode(source.convert("RGB"), "JPEG", quality=95),
+        "tif": encode(source, "TIFF"),
+        "bmp": encode(source, "BMP"),
+        "gif": encode(source, "GIF"),
+        "webp": encode(source.convert("RGB"), "WEBP", lossless=True),
+        "pgm": encode(source, "PPM"),
+        "ppm": encode(source.convert("RGB"), "PPM"),
+        "pbm": encode(source.convert("1"), "PPM"),
     }
     for suffix, data in formats.items():
         # WEBP's decoder is set up from the whole file, so a cut one fails at the header check.
         expect = Expect("rejected", HEADER) if suffix == "webp" else Expect("error", DECODE)
         put(f"truncated.{suffix}", data[: len(data) // 2], expect)
-    deflated = _encode(source, "TIFF", compression="tiff_deflate")
+    deflated = encode(source, "TIFF", compression="tiff_deflate")
     put("corrupt-crc.png", _flip(formats["png"], 0.6, 8), Expect("error", DECODE))
     put("corrupt-quant.jpg", _without_segment(formats["jpg"], b"\xff\xdb"), Expect("error", DECODE))
     put("corrupt-strip.tif", _flip(deflated, 0.3, 200), Expect("error", DECODE))
@@ -225,21 +220,21 @@ def write_corpus(folder: Path, digits: np.ndarray, labels: np.ndarray) -> dict[s
     put("bomb.gif", bytes(gif), Expect("rejected", BOMB))
 
     # Nothing to read; nothing that is an image; names that break naive code.
-    put("one-pixel.png", _encode(Image.new("L", (1, 1), 0), "PNG"), Expect("error", NO_INK))
-    put("blank-page.png", _encode(Image.new("L", (120, 160), 247), "PNG"), Expect("error", NO_INK))
+    put("one-pixel.png", encode(Image.new("L", (1, 1), 0), "PNG"), Expect("error", NO_INK))
+    put("blank-page.png", encode(Image.new("L", (120, 160), 247), "PNG"), Expect("error", NO_INK))
     nan = np.asarray(float_page, np.float32).copy()
     nan[:4] = np.nan
-    put("not-finite.tif", _encode(Image.fromarray(nan), "TIFF"), Expect("error", "not a number or infinite"))
+    put("not-finite.tif", encode(Image.fromarray(nan), "TIFF"), Expect("error", "not a number or infinite"))
     put("empty.png", b"", Expect("rejected", "empty"))
     put("notes.png", b"shopping list: milk, eggs\n" * 20, Expect("rejected", "not a readable image"))
-    put("icon.png", _encode(big[11], "ICO"), Expect("rejected", "not a readable image"))
+    put("icon.png", encode(big[11], "ICO"), Expect("rejected", "not a readable image"))
     names = ["with space.png", "ünïcödé-数字.png", "-leading-dash.png", "new\nline.png", "long-" + "x" * 240 + ".png"]
     for n, name in enumerate(names):
         with contextlib.suppress(OSError):  # a file system that refuses the name: nothing to test there
-            put(name, _encode(pages[n], "PNG"), ok(n))
+            put(name, encode(pages[n], "PNG"), ok(n))
     (folder / "x.png").mkdir()  # a folder with an image's name: walked, not read
     out[str(folder / "x.png")] = Expect("skipped")
-    put("x.png/inside.png", _encode(pages[11], "PNG"), ok(11))
+    put("x.png/inside.png", encode(pages[11], "PNG"), ok(11))
     (folder / "loop").symlink_to(".", target_is_directory=True)
     out[str(folder / "loop")] = Expect("rejected", "symbolic link loop")
     (folder / "self.png").symlink_to("self.png")

@@ -31,13 +31,8 @@ class SlowWorker(WorkerProcess):
     """`celery -A tests.slow_worker worker`: the real worker with a slow or hung model call."""
 
     def __init__(self, env: dict[str, str], name: str, log: Path, settings: dict[str, str], **test: str) -> None:
-        from producer.local import start_worker
-
-        self.name = f"{name}@test"
-        self.log_path = log
-        self.env = env | {f"INKQ_{k.upper()}": str(v) for k, v in settings.items()} | test
-        self.env["INKQ_TEST_DELIVERIES"] = DELIVERIES
-        self.process = start_worker(self.env, self.name, log, app="tests.slow_worker", timeout=240)
+        test_env = env | test | {"INKQ_TEST_DELIVERIES": DELIVERIES}
+        super().__init__(test_env, f"{name}@test", log, settings, app="tests.slow_worker")
 
 
 def deliveries(client: redis.Redis) -> list[tuple[str, float]]:

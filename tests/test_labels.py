@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-from PIL import Image
 
+from bench.synth import on_paper
 from config import Settings
 from storage.connection import connect
 from storage.jobs import ItemResult, Jobs
@@ -31,7 +31,7 @@ def labels(redis_url: str) -> Labels:
 
 def save(path: Path, digit: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(255 - np.asarray(digit)).save(path)
+    on_paper(digit).save(path)
     return path
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.synth import on_paper
 from config import Settings
 from producer.client import Client
 from storage import queue
@@ -180,7 +181,7 @@ def test_redelivered_message_keeps_counters_exact(
 
 def test_resubmission_stores_no_duplicate_bytes(redis_url: str, mnist_test: MnistArrays, tmp_path: Path) -> None:
     write_digits(tmp_path / "scans", mnist_test[0][:5], mnist_test[1][:5])
-    Image.fromarray(255 - mnist_test[0][0]).save(tmp_path / "scans" / "copy.png")  # same bytes as 00000.png
+    on_paper(mnist_test[0][0]).save(tmp_path / "scans" / "copy.png")  # same bytes as 00000.png
     client = Client(Settings(redis_url=redis_url))
     first = client.submit([str(tmp_path / "scans")])
     second = client.submit([str(tmp_path / "scans")])

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-from PIL import Image
 from redis.lock import Lock
 
-from producer.demo import outlined
+from bench.synth import load_mnist, outlined, write_digits
 from storage.connection import connect
 from storage.keys import Keys
 from storage.lock import held
@@ -34,18 +33,13 @@ def producer(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str
 
 
 def label_folder(folder: Path, images: np.ndarray, labels: np.ndarray) -> Path:
-    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
-        path = folder / str(int(label)) / f"{i:04d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(255 - outlined(img)).save(path)
+    write_digits(folder, images, labels, style=outlined, by_label=True)
     return folder
 
 
 @pytest.fixture()
 def train_digits(mnist_root: Path) -> tuple[np.ndarray, np.ndarray]:
-    from trainer.data import load_raw
-
-    images, labels = load_raw(mnist_root, train=True)
+    images, labels = load_mnist(mnist_root, train=True)
     return images[6000:6600], labels[6000:6600]
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.synth import as_scan, encode
 from config.errors import BlankImageError, ImageDecodeError, ImageTooLargeError
 from recognizer import scan
-from tests.scans import as_scan, encode
 
 LIMITS = {"max_bytes": 20 * 1024 * 1024, "max_pixels": 40_000_000}
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torchvision
 
+from bench.synth.mnist import load_mnist, mnist_present
 from config.errors import DatasetUnavailableError
 from recognizer import scan
 
@@ -34,18 +35,17 @@ class Split:
 def load_raw(root: Path, *, train: bool) -> tuple[np.ndarray, np.ndarray]:
     """The raw uint8 images and labels of one split; downloads into ``root`` when missing and online."""
     name = "train" if train else "test"
-    try:
-        ds = torchvision.datasets.MNIST(str(root), train=train, download=False)
-    except RuntimeError:
+    if not mnist_present(root, train=train):
         log.info("MNIST %s split not under %s; trying to download it", name, root)
         try:
-            ds = torchvision.datasets.MNIST(str(root), train=train, download=True)
+            torchvision.datasets.MNIST(str(root), train=train, download=True)
         except Exception as exc:  # network errors of every kind mean the same thing here
             raise DatasetUnavailableError(
                 f"MNIST {name} split is not under {root} (expected {root}/MNIST/raw/*-ubyte) and "
                 f"downloading it failed: {exc}. Pass --data-root (INKQ_DATA_ROOT) pointing at a copy."
             ) from exc
-    return ds.data.numpy(), ds.targets.numpy().astype(np.int64)
+    # One reader for the trainer, the demos, tests and benchmarks: the same bytes everywhere.
+    return load_mnist(root, train=train)
 
 
 def prepare_all(images: np.ndarray) -> torch.Tensor:

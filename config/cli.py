@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from typing import Any
 
 import click
 
 from config.errors import InkqError
+from config.logs import configure
 from config.settings import Settings, load_settings
 
 
@@ -29,9 +28,7 @@ def setup(ctx: click.Context) -> Settings:
         settings = load_settings()
     except InkqError as exc:
         raise click.ClickException(str(exc)) from exc
-    logging.basicConfig(
-        level=settings.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure(settings)
     ctx.obj = settings
     return settings
 

@@ -48,6 +48,12 @@ class Settings:
     log_level: str = _field(
         "warning", "Log level of every inkq process.", choices=("debug", "info", "warning", "error")
     )
+    log_format: str = _field(
+        "text",
+        "Log lines of every inkq process: text, or json (one JSON object a line with time, level, logger, "
+        "message and the record's fields, e.g. job, items, batch and model_version for the worker's messages).",
+        choices=("text", "json"),
+    )
 
     # Image limits (producer and worker)
     max_image_bytes: int = _field(20 * 1024 * 1024, "Largest accepted image file, in bytes.", minimum=1)

@@ -16,6 +16,7 @@ from producer.client import Client, count_candidates
 from producer.deadletters import dead_letters
 from producer.jobcli import announce, cancel, check_settled, hint, resumable_on_interrupt
 from producer.labelcli import label, review
+from producer.progress import Mode, follow, mode_for
 
 
 @click.group(cls=Group)
@@ -99,19 +100,53 @@ def submit(
         click.echo(report.job)
 
 
+def progress_option(command: Callable[..., None]) -> Callable[..., None]:
+    return click.option(
+        "--progress/--no-progress",
+        envvar="INKQ_PROGRESS",
+        show_envvar=True,
+        default=None,
+        help="While waiting, progress on stderr: a bar (forced by --progress) on a terminal, "
+        "plain lines otherwise; --no-progress shows none.",
+    )(command)
+
+
 @cli.command()
 @click.argument("job")
 @click.option("--json", "as_json", is_flag=True, envvar="INKQ_JSON", show_envvar=True)
+@click.option(
+    "--watch",
+    is_flag=True,
+    envvar="INKQ_STATUS_WATCH",
+    show_envvar=True,
+    help="Follow the job until it settles; exit status as `results --wait`.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    envvar="INKQ_STATUS_TIMEOUT",
+    show_envvar=True,
+    help="With --watch: give up after this many seconds (exit status 2).",
+)
+@progress_option
 @click.pass_obj
-def status(settings: Settings, job: str, as_json: bool) -> None:
+def status(
+    settings: Settings, job: str, as_json: bool, watch: bool, timeout: float | None, progress: bool | None
+) -> None:
     """Show a job's progress: total, done, failed, state."""
-    s = Client(settings).status(job)
+    client = Client(settings)
+    if watch:
+        s = follow(client, job, timeout, Mode.NONE if as_json else mode_for(sys.stderr, progress), sys.stderr)
+    else:
+        s = client.status(job)
     if as_json:
         emit_json(s.as_dict())
     else:
         click.echo(f"{s.job}: {s.state}, {s.done}/{s.total} done, {s.failed} failed")
-        if hint(s):
+        if hint(s) and not watch:
             click.echo(hint(s), err=True)
+    if watch:
+        check_settled(s, timeout)
 
 
 FIELDS = ["item", "label", "confidence", "top3", "model_version", "error"]
@@ -142,12 +177,13 @@ FIELDS = ["item", "label", "confidence", "top3", "model_version", "error"]
     envvar="INKQ_RESULTS_FORMAT",
     show_envvar=True,
 )
+@progress_option
 @click.pass_obj
-def results(settings: Settings, job: str, wait: bool, timeout: float | None, fmt: str) -> None:
+def results(settings: Settings, job: str, wait: bool, timeout: float | None, fmt: str, progress: bool | None) -> None:
     """Print one result per item (JSON lines or CSV), in submission order, as they are read."""
     client = Client(settings)
     if wait:
-        check_settled(client.wait(job, timeout), timeout)
+        check_settled(follow(client, job, timeout, mode_for(sys.stderr, progress), sys.stderr), timeout)
     elif hint(s := client.status(job)):
         click.echo(hint(s), err=True)
     rows = client.iter_results(job)

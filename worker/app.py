@@ -22,6 +22,7 @@ from celery import Task, signals
 from celery.exceptions import Reject, Retry
 
 from config.errors import ModelStalledError, UnsafeStoreError
+from config.logs import apply_format
 from config.settings import load_settings
 from storage import workers
 from storage.connection import connect
@@ -48,6 +49,14 @@ def replica() -> Replica:
     if _replica is None:
         _replica = Replica(settings)
     return _replica
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _log_format(logger: logging.Logger, **_: Any) -> None:
+    """Celery made these handlers (worker_hijack_root_logger is off, so the root logger gets one):
+    give them INKQ_LOG_FORMAT, so every line of the worker, Celery's own included, has one format."""
+    apply_format(logger, settings.log_format)
 
 
 @signals.worker_init.connect
@@ -140,7 +149,14 @@ def _dead_letter(
     job, raw_items, usable = delivery.salvage(args, kwargs)
     error = error[:2000]
     letters.add(DeadLetter(task_id, job, raw_items, attempts, error, time.time()))
-    log.error("message %s of job %s dead-lettered after %d attempt(s): %s", task_id, job, attempts, error)
+    log.error(
+        "message %s of job %s dead-lettered after %d attempt(s): %s",
+        task_id,
+        job,
+        attempts,
+        error,
+        extra={"job": job, "items": len(usable), "task": task_id, "attempts": attempts},
+    )
     if job is None:
         return 0
     try:

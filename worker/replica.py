@@ -134,7 +134,12 @@ class Replica:
         clock = [time.perf_counter()]
         ready = [(int(index), str(digest), str(path)) for index, digest, path in items]
         if not self.jobs.wants_results(job):  # its results would be dropped: spare the model
-            log.info("job %s is cancelled or gone: skipping %d items", job, len(ready))
+            log.info(
+                "job %s is cancelled or gone: skipping %d items",
+                job,
+                len(ready),
+                extra={"job": job, "items": len(ready)},
+            )
             self._record_skip(len(ready))
             return 0
         queue_ms = round((received - sent_at) * 1000, 3)
@@ -157,6 +162,8 @@ class Replica:
         self.jobs.write_results(results)
         clock.append(time.perf_counter())
         self.items_served += len(results)
+        if log.isEnabledFor(logging.INFO):
+            _log_message(job, outputs)
         # Bytes are fetched in the batches: the fetch stage is this message's share of their MGETs.
         self._record(len(results), queue_ms, sum(served.fetch_ms for served, _ in outputs), clock)
         return len(results)
@@ -273,6 +280,21 @@ class Replica:
             workers.remove(self.redis, self.keys, self.hostname)
         except Exception:
             log.debug("could not remove worker key", exc_info=True)
+
+
+def _log_message(job: str, outputs: list[tuple[Served, BatchInfo]]) -> None:
+    """One record per message, with fields for log pipelines (INKQ_LOG_FORMAT=json): a message's
+    items may span batches and, across a hot swap, model versions, hence lists."""
+    batches = sorted({batch.id for _, batch in outputs})
+    versions = sorted({served.version for served, _ in outputs if served.version})
+    log.info(
+        "job %s: %d items written (batches %s, model %s)",
+        job,
+        len(outputs),
+        ",".join(map(str, batches)),
+        ",".join(versions) or "none",
+        extra={"job": job, "items": len(outputs), "batch": batches, "model_version": ",".join(versions) or None},
+    )
 
 
 def _body(

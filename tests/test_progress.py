@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from producer.cli import cli
-from producer.progress import Lines, Mode, follow, mode_for
+from producer.progress import Mode, follow, mode_for
 from storage.jobs import ItemResult, JobState, JobStatus
 
 

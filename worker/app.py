@@ -22,7 +22,7 @@ from celery import Task, signals
 from celery.exceptions import Reject, Retry
 
 from config.errors import ModelStalledError, UnsafeStoreError
-from config.logs import apply_format
+from config.logs import apply_format, configure
 from config.settings import load_settings
 from storage import workers
 from storage.connection import connect
@@ -54,13 +54,16 @@ def replica() -> Replica:
 @signals.after_setup_logger.connect
 @signals.after_setup_task_logger.connect
 def _log_format(logger: logging.Logger, **_: Any) -> None:
-    """Celery made these handlers (worker_hijack_root_logger is off, so the root logger gets one):
-    give them INKQ_LOG_FORMAT, so every line of the worker, Celery's own included, has one format."""
+    """Celery's task logger has a handler of Celery's making: give it (and the root logger's, in
+    case Celery made that too) INKQ_LOG_FORMAT, so every log line of the worker has one format."""
     apply_format(logger, settings.log_format)
 
 
 @signals.worker_init.connect
 def _load_model(**_: Any) -> None:
+    # Before Celery sets up logging (it then leaves a configured root logger be): the checks below
+    # log in INKQ_LOG_FORMAT too.
+    configure(settings)
     logging.getLogger().setLevel(settings.log_level.upper())
     try:
         check_store(connect(settings), settings, "worker")

@@ -283,8 +283,9 @@ class Replica:
 
 
 def _log_message(job: str, outputs: list[tuple[Served, BatchInfo]]) -> None:
-    """One record per message, with fields for log pipelines (INKQ_LOG_FORMAT=json): a message's
-    items may span batches and, across a hot swap, model versions, hence lists."""
+    """One record per message, with fields for log pipelines (INKQ_LOG_FORMAT=json). A message's
+    items may span batches (``batch`` lists their ids) and, across a hot swap, two model versions
+    (``model_version`` joins them with a comma; null when no item reached the model)."""
     batches = sorted({batch.id for _, batch in outputs})
     versions = sorted({served.version for served, _ in outputs if served.version})
     log.info(

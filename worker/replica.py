@@ -22,7 +22,6 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,13 +30,14 @@ import torch
 from config.errors import ImageError
 from config.settings import Settings
 from recognizer import scan
-from recognizer.engine import Engine, Prediction, engine_for
+from recognizer.engine import Engine, engine_for
 from storage import workers
 from storage.connection import connect
 from storage.jobs import ItemResult, Jobs
 from storage.keys import Keys
 from storage.registry import Registry
-from worker.batcher import Batcher, BatchInfo
+from worker.batcher import Batcher
+from worker.results import Served, log_message, result_body
 from worker.versions import Refusals, check_preprocess, watch_announcements
 
 log = logging.getLogger(__name__)
@@ -46,18 +46,6 @@ HEARTBEAT_S = 5.0
 MISSING_IMAGE = "image bytes not found in Redis (expired after INKQ_RESULT_TTL_S, or lost)"
 # How often the watcher asks the registry directly, in case a pub/sub message was missed.
 VERSION_CHECK_S = 10.0
-
-
-@dataclass(frozen=True)
-class Served:
-    """One image's outcome from a batch: a prediction, or why there is none."""
-
-    prediction: Prediction | None
-    version: str | None
-    error: str | None = None
-    preprocess_ms: float = 0.0
-    model_ms: float = 0.0
-    fetch_ms: float = 0.0  # this image's share of its batch's MGET
 
 
 class Replica:
@@ -153,7 +141,9 @@ class Replica:
                 "batch_wait_ms": round(batch.waited_ms, 3),
                 "model_ms": round(served.model_ms, 3),
             }
-            body = _body(path, digest, error=served.error, served=served, batch=batch, worker=worker, timings=timings)
+            body = result_body(
+                path, digest, error=served.error, served=served, batch=batch, worker=worker, timings=timings
+            )
             body["review"] = served.prediction is not None and (
                 served.prediction.confidence < self.settings.review_threshold
             )
@@ -163,7 +153,7 @@ class Replica:
         clock.append(time.perf_counter())
         self.items_served += len(results)
         if log.isEnabledFor(logging.INFO):
-            _log_message(job, outputs)
+            log_message(job, outputs)
         # Bytes are fetched in the batches: the fetch stage is this message's share of their MGETs.
         self._record(len(results), queue_ms, sum(served.fetch_ms for served, _ in outputs), clock)
         return len(results)
@@ -176,7 +166,7 @@ class Replica:
     def dead_letter_results(self, job: str, items: list[tuple[int, str, str]], error: str) -> int:
         """Write ``error`` as the result of each of a dead-lettered message's items."""
         return self.jobs.write_results(
-            ItemResult(job, index, _body(path, digest, error=error, worker=self.hostname))
+            ItemResult(job, index, result_body(path, digest, error=error, worker=self.hostname))
             for index, digest, path in items
         )
 
@@ -280,46 +270,3 @@ class Replica:
             workers.remove(self.redis, self.keys, self.hostname)
         except Exception:
             log.debug("could not remove worker key", exc_info=True)
-
-
-def _log_message(job: str, outputs: list[tuple[Served, BatchInfo]]) -> None:
-    """One record per message, with fields for log pipelines (INKQ_LOG_FORMAT=json). A message's
-    items may span batches (``batch`` lists their ids) and, across a hot swap, two model versions
-    (``model_version`` joins them with a comma; null when no item reached the model)."""
-    batches = sorted({batch.id for _, batch in outputs})
-    versions = sorted({served.version for served, _ in outputs if served.version})
-    log.info(
-        "job %s: %d items written (batches %s, model %s)",
-        job,
-        len(outputs),
-        ",".join(map(str, batches)),
-        ",".join(versions) or "none",
-        extra={"job": job, "items": len(outputs), "batch": batches, "model_version": ",".join(versions) or None},
-    )
-
-
-def _body(
-    path: str,
-    digest: str,
-    *,
-    error: str | None = None,
-    served: Served | None = None,
-    batch: BatchInfo | None = None,
-    worker: str = "",
-    timings: dict[str, float] | None = None,
-) -> dict[str, Any]:
-    p = served.prediction if served else None
-    version = served.version if served else None
-    return {
-        "item": path,
-        "digest": digest,
-        "label": p.label if p else None,
-        "confidence": round(p.confidence, 6) if p else None,
-        "top3": [[label, round(conf, 6)] for label, conf in p.top3] if p else None,
-        "model_version": version,
-        "error": error,
-        "timings": timings or {},
-        "batch": {"id": batch.id, "size": batch.size} if batch else None,
-        "worker": worker or None,
-        "review": False,
-    }

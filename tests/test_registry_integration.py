@@ -8,25 +8,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 
-from recognizer import artifact, network, scan
 from storage.connection import connect
 from storage.keys import Keys
-from storage.registry import Registry, VersionInfo
+from storage.registry import Registry
 from tests.conftest import BIN, WorkerProcess, wait_for
+from tests.models import untrained_weights as random_model
+from tests.models import version_meta as meta
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def random_model(seed: int) -> bytes:
-    torch.manual_seed(seed)
-    return artifact.dump(network.build())
-
-
-def meta(**fields: object) -> VersionInfo:
-    base: dict[str, object] = {"arch": dict(network.DEFAULT_ARCH), "preprocess_version": scan.PREPROCESS_VERSION}
-    return VersionInfo(**(base | fields))  # type: ignore[arg-type]
 
 
 def trainer(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 import redis
-import torch
 
 from config import Settings, VersionNotFoundError
 from config.errors import LockLostError, RegistryConflictError
-from recognizer import artifact, network, scan
+from recognizer import artifact, network
 from storage import lock as locking
 from storage.connection import connect
 from storage.keys import Keys
@@ -22,6 +21,8 @@ from storage.lock import LockHeldError, acquire
 from storage.registry import Registry, VersionInfo, VersionStatus
 from storage.retention import to_keep
 from tests.conftest import BIN, wait_for
+from tests.models import untrained_weights as real_weights
+from tests.models import version_meta as meta
 
 
 @pytest.fixture()
@@ -32,16 +33,6 @@ def registry(redis_url: str) -> Registry:
 def weights(seed: int) -> bytes:
     """Stand-in weights: the registry stores and checks bytes, it never loads them."""
     return f"weights {seed} ".encode() * 64
-
-
-def real_weights(seed: int) -> bytes:
-    torch.manual_seed(seed)
-    return artifact.dump(network.build())
-
-
-def meta(**fields: object) -> VersionInfo:
-    base: dict[str, object] = {"arch": dict(network.DEFAULT_ARCH), "preprocess_version": scan.PREPROCESS_VERSION}
-    return VersionInfo(**(base | fields))  # type: ignore[arg-type]
 
 
 def test_two_promotions_from_the_same_parent_are_impossible(registry: Registry) -> None:

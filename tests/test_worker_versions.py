@@ -12,21 +12,13 @@ import redis
 import torch
 
 from config import ArtifactCorruptError, Settings
-from recognizer import artifact, network, scan
+from recognizer import network, scan
 from recognizer.engine import Engine
 from storage.registry import VersionInfo
+from tests.models import untrained_weights as weights
+from tests.models import version_meta as meta
 from worker.replica import Replica
 from worker.versions import MAX_RETRY_S, Refusals, is_transient
-
-
-def weights(seed: int) -> bytes:
-    torch.manual_seed(seed)
-    return artifact.dump(network.build())
-
-
-def meta(**fields: object) -> VersionInfo:
-    base: dict[str, object] = {"arch": dict(network.DEFAULT_ARCH), "preprocess_version": scan.PREPROCESS_VERSION}
-    return VersionInfo(**(base | fields))  # type: ignore[arg-type]
 
 
 class Clock:

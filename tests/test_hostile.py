@@ -175,7 +175,7 @@ def test_hostile_corpus_job_completes_and_the_worker_survives(
         job = json.loads(again.stdout.strip().splitlines()[-1])["job"]
         after = producer(env, "results", job, "--wait", "--timeout", "60", "--format", "jsonl", timeout=90)
         assert after.returncode == 0 and len(after.stdout.splitlines()) == 4, after.stderr
-        assert "Traceback" not in worker.log(), worker.log()  # no task failed, nothing requeued
+        assert "Traceback" not in worker.full_log(), worker.log()  # no task failed, nothing requeued
     finally:
         worker.stop()
 

@@ -80,4 +80,4 @@ def test_switch_under_load_and_refuse_corrupt(
     assert all(client.status(job).complete for job in jobs)
     assert all(r["error"] is None for r in rows), [r["error"] for r in rows if r["error"]][:3]
     assert {r["model_version"] for r in rows} == {"v1", v2}
-    assert "not switching to model v3" in worker.log()
+    assert "not switching to model v3" in worker.full_log()

@@ -71,4 +71,4 @@ def test_worker_refuses_preprocessing_it_does_not_implement(
         wait_for(lambda: heartbeat().get("version") == v3, 120, f"the worker to switch to {v3}")
     finally:
         worker.stop()
-    assert f"not switching to model {v2}" in worker.log()
+    assert f"not switching to model {v2}" in worker.full_log()

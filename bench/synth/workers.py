@@ -81,7 +81,13 @@ class WorkerProcess:
         self.process = start_worker(self.env, self.name, log, app=app, timeout=timeout)
 
     def log(self) -> str:
+        """The end of the worker's log, for a failing assertion's message."""
         return self.log_path.read_text()[-6000:]
+
+    def full_log(self) -> str:
+        """All of the worker's log, for asserting what it said: one record a message scrolls
+        anything older out of ``log``'s tail."""
+        return self.log_path.read_text()
 
     def kill(self) -> None:
         stop(self.process, kill=True)

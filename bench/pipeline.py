@@ -26,6 +26,7 @@ from bench.synth import outlined, start_worker, stop, write_digits
 from config.settings import Settings, load_settings
 from producer.client import Client
 from producer.local import local_redis, script
+from storage import workers
 from storage.connection import connect
 from storage.keys import Keys
 from storage.registry import Registry, VersionInfo
@@ -85,9 +86,11 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
-def end_to_end(s: Stack, folder: Path, truth: dict[str, int]) -> dict[str, Any]:
+def end_to_end(s: Stack, folder: Path, truth: dict[str, int], **worker: str) -> dict[str, Any]:
     """Files on disk -> `producer submit` -> workers -> every result in the store."""
-    with s.worker("bench-e2e") as (_, node):
+    launched = time.perf_counter()
+    with s.worker("bench-e2e", **worker) as (_, node):
+        ready = time.perf_counter() - launched
         client = Client(s.settings())
         start = time.perf_counter()
         report = client.submit([str(folder)])
@@ -97,6 +100,8 @@ def end_to_end(s: Stack, folder: Path, truth: dict[str, int]) -> dict[str, Any]:
         assert status.complete, f"end-to-end run did not complete: {status}"
         rows = client.results(report.job)
         stats = {as_text(k): float(v) for k, v in client.redis.hgetall(Keys().worker_stats(node)).items()}
+        state = workers.read(client.redis, Keys(), node)
+        engine = state.engine if state else None
     n = len(rows)
     # Each batch's model time counted once (many messages may wait on the same batch).
     batches = {r["batch"]["id"]: r["timings"]["model_ms"] for r in rows if r["batch"]}
@@ -121,6 +126,8 @@ def end_to_end(s: Stack, folder: Path, truth: dict[str, int]) -> dict[str, Any]:
         "queue_wait_ms_mean": stats.get("queue_ms", 0) / max(stats.get("messages", 1), 1),
         "batch_sizes": dict(sorted(sizes.items())),
         "missing_or_duplicated": n != len({r["item"] for r in rows}) or n != len(truth),
+        "worker_ready_seconds": ready,
+        "engine": engine,
     }
 
 

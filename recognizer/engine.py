@@ -94,7 +94,11 @@ class Engine:
         cache_dir: Path | None = None,
         version: str = "",
         bf16_agreement: float | None = None,
+        cuda_graphs: bool = True,
     ) -> None:
+        # cuda_graphs: a compiled engine on CUDA replays each bucket as a CUDA graph (inductor's
+        # "reduce-overhead"): at small batches launch overhead, not arithmetic, is the cost.
+        # Off only to measure what the graphs buy (bench/gpu.py).
         self.version = version
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device, bf16_agreement)
@@ -107,12 +111,13 @@ class Engine:
         self.model = model.to(self.dtype) if self.device.type == "cpu" else model
         self._forward: Any = self.model
         self.compiled = False
+        self.cuda_graphs = compile and cuda_graphs and self.device.type == "cuda"
         self.warm_seconds = 0.0
         # Why compilation failed and this engine serves eagerly (None: it did not fail).
         self.compile_error: str | None = None
         if compile:
             configure_compiler(cache_dir)
-            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            mode = "reduce-overhead" if self.device.type == "cuda" and cuda_graphs else None
             self._forward = torch.compile(self.model, dynamic=False, fullgraph=True, mode=mode)
             self.compiled = True
 
@@ -126,7 +131,7 @@ class Engine:
         return self.buckets[-1]
 
     def describe(self) -> str:
-        kind = "compiled" if self.compiled else "eager"
+        kind = ("compiled + CUDA graphs" if self.cuda_graphs else "compiled") if self.compiled else "eager"
         return f"{kind} {str(self.dtype).removeprefix('torch.')} on {self.device}, buckets {list(self.buckets)}"
 
     def warm(self) -> float:
@@ -145,7 +150,7 @@ class Engine:
                     raise
                 self.compile_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
                 log.warning("torch.compile failed (%s); serving the eager model instead", self.compile_error)
-                self._forward, self.compiled = self.model, False
+                self._forward, self.compiled, self.cuda_graphs = self.model, False, False
                 return self.warm() + (time.perf_counter() - start)
         self.warm_seconds = time.perf_counter() - start
         return self.warm_seconds
@@ -157,15 +162,18 @@ class Engine:
         return self.buckets[-1]
 
     @torch.no_grad()
-    def _run(self, batch: torch.Tensor) -> torch.Tensor:
-        """Logits (float32, on the CPU) for one batch whose size is a bucket."""
-        x = batch.to(self.device, non_blocking=True)
+    def forward_on_device(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw logits, left on the device, for a batch already there whose size is a bucket.
+        With CUDA graphs the next call overwrites them: copy what must outlive it."""
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
-                out = self._forward(x)
-        else:
-            out = self._forward(x.to(self.dtype))
+                return self._forward(x)
+        return self._forward(x.to(self.dtype))
+
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits (float32, on the CPU) for one batch whose size is a bucket."""
+        out = self.forward_on_device(batch.to(self.device, non_blocking=True))
         # Copy off the graph's output buffers (CUDA graphs reuse them on the next call).
         return out.float().cpu().clone()
 

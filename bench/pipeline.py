@@ -128,6 +128,7 @@ def end_to_end(s: Stack, folder: Path, truth: dict[str, int], **worker: str) -> 
         "missing_or_duplicated": n != len({r["item"] for r in rows}) or n != len(truth),
         "worker_ready_seconds": ready,
         "engine": engine,
+        "preprocess_workers": state.preprocess_workers if state else None,
     }
 
 

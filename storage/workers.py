@@ -42,6 +42,7 @@ class WorkerState:
     items_served: int = 0
     refused: dict[str, str] = field(default_factory=dict)  # versions it would not switch to, and why
     compile_fallback: str | None = None  # why torch.compile failed, when it serves eager instead
+    preprocess_workers: int = 0  # processes preparing its batches (0: the model's thread)
     at: float = 0.0  # when this state was written
     extra: dict[str, Any] = field(default_factory=dict)  # fields written by newer workers
 

@@ -20,6 +20,7 @@ from producer.client import Client
 from producer.files import find_images, read_capped
 from recognizer import scan
 from recognizer.engine import Prediction
+from recognizer.preprocessing import Preprocessor
 from storage.connection import connect
 from storage.jobs import ItemResult, Jobs
 from storage.keys import Keys
@@ -109,6 +110,7 @@ def test_any_exception_in_preprocessing_fails_that_item_alone(monkeypatch: pytes
     replica = Replica.__new__(Replica)  # no Redis, no model: only the batch function is under test
     replica.settings, replica.engine = Settings(), _Engine()  # type: ignore[assignment]
     replica.jobs = _Images()  # type: ignore[assignment]
+    replica.prep = Preprocessor(0, max_bytes=10**6, max_pixels=10**6)
     good = np.zeros((1, 28, 28), np.float32)
     raised = {b"key": KeyError("XResolution"), b"zero": ZeroDivisionError("division by zero")}
 

@@ -173,3 +173,38 @@ def test_preprocess_gives_network_input(mnist_test: tuple[np.ndarray, np.ndarray
     x = scan.preprocess(encode(as_scan(mnist_test[0][0])), **LIMITS)
     assert x.shape == (1, 28, 28) and x.dtype == np.float32
     assert abs(float(x.min()) - (-scan.MNIST_MEAN / scan.MNIST_STD)) < 1e-5
+
+
+def photo(digit: np.ndarray, fmt: str, orientation: int | None = None) -> bytes:
+    """A 12-megapixel photo of one digit: dark ink, large on light, slightly noisy paper."""
+    ink = Image.fromarray(255 - digit).resize((2400, 2400), Image.Resampling.BILINEAR)
+    page = Image.new("L", (4000, 3000), 235)
+    page.paste(ink, (800, 300))
+    noise = np.random.default_rng(0).integers(-8, 8, (3000, 4000))
+    page = Image.fromarray(np.clip(np.asarray(page, np.int16) + noise, 0, 255).astype(np.uint8)).convert("RGB")
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    out = io.BytesIO()
+    page.save(out, fmt, quality=90, exif=exif.tobytes()) if fmt == "JPEG" else page.save(out, fmt)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_large_photo_is_read_reduced_and_reads_the_same(
+    mnist_test: tuple[np.ndarray, np.ndarray], fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = photo(mnist_test[0][0], fmt)
+    reduced = scan.decode(data, **LIMITS)
+    assert max(reduced.shape) <= scan.DECODE_MAX_SIDE and max(reduced.shape) > scan.DECODE_MAX_SIDE // 2
+    monkeypatch.setattr(scan, "DECODE_MAX_SIDE", 10**6)
+    full = scan.decode(data, **LIMITS)
+    assert full.shape == (3000, 4000)
+    assert close(scan.prepare(reduced), scan.prepare(full), tol=0.02)
+    assert close(scan.prepare(reduced), reference(mnist_test[0][0]), tol=0.06)
+
+
+def test_a_large_photo_keeps_its_exif_orientation(mnist_test: tuple[np.ndarray, np.ndarray]) -> None:
+    upright = scan.decode(photo(mnist_test[0][0], "JPEG"), **LIMITS)
+    turned = scan.decode(photo(mnist_test[0][0], "JPEG", orientation=6), **LIMITS)
+    assert turned.shape == upright.shape[::-1]  # 6: stored turned a quarter, shown upright

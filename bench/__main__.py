@@ -102,6 +102,7 @@ def main(quick: bool, parts: tuple[str, ...], images: int | None, data_root: str
                 result["e2e"] = pipeline.end_to_end(s, work / "digits", truth)
                 result["naive"] = pipeline.naive_baseline(s, work / "digits", truth, 40 if quick else 1000)
                 click.echo(report_e2e(result))
+                result["e2e_by_preprocess_workers"] = preprocess_pools(s, work / "digits", truth, result["e2e"])
             if "latency" in pipeline_parts:
                 files = sorted(truth)[:200]
                 runs = {
@@ -141,6 +142,19 @@ def main(quick: bool, parts: tuple[str, ...], images: int | None, data_root: str
     plots.throughput(result, out / "throughput.png")
     plots.latency(result, out / "latency.png")
     click.echo(f"wrote {out / 'latest.json'}, throughput.png, latency.png ({result['seconds']:.0f}s)")
+
+
+def preprocess_pools(
+    s: pipeline.Stack, folder: Path, truth: dict[str, int], default: dict[str, Any]
+) -> dict[str, float]:
+    """End to end again with 1 and 2 preprocessing processes beside the model (the default on a
+    CPU-only host is none): images/s by pool size, from this one run."""
+    out = {str(default["preprocess_workers"]): default["images_per_second"]}
+    for pool in ("1", "2"):
+        run = pipeline.end_to_end(s, folder, truth, preprocess_workers=pool)
+        out[pool] = run["images_per_second"]
+    click.echo("end to end by preprocessing processes: " + ", ".join(f"{k}: {v:.0f}/s" for k, v in out.items()))
+    return out
 
 
 def report_e2e(result: dict[str, Any]) -> str:

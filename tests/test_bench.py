@@ -44,6 +44,8 @@ def test_quick_benchmark_writes_every_figure(
     assert result["e2e"]["images"] == 200 and not result["e2e"]["missing_or_duplicated"]
     assert result["e2e"]["errors"] == 0
     assert result["naive"]["images"] == 40
+    assert set(result["e2e_by_preprocess_workers"]) == {"0", "1", "2"}
+    assert min(result["e2e_by_preprocess_workers"].values()) > 0
     assert set(result["latency_ms"]) == {"p50", "p95", "p99"}
     assert (tmp_path / "throughput.png").stat().st_size > 0 and (tmp_path / "latency.png").stat().st_size > 0
     assert any(line.startswith("goal end to end >= 20x naive") for line in result["goals"])

@@ -7,13 +7,14 @@ that have no result, from the job's manifest, through the same ``queue.enqueue``
 resume use, one message per chunk that lost items.
 
 It requeues a job only when all of these hold, on two sweeps in a row at least ``CONFIRM_GAP_S``
-apart, with the job unchanged between them (storage/sweep_rules.py): the job is neither complete nor cancelled, every
-message of it was queued (not ``submitting``: an interrupted submit is `submit --resume`'s), it
-wrote no result for ``stall_s`` seconds, and no message of it is queued or unacknowledged in the
-broker (storage/broker.py). A requeue is claimed by sweep_claim.lua, which checks the sweep lock's
-fencing token and that the job still has the counters the sweep read, so one sweeper requeues it,
-once. Being wrong costs only work, never a count: result writes are idempotent per (job, index)
-(write_results.lua), so an item that was not lost after all is merely recognised twice.
+apart, with the job unchanged between them (the rules: storage/sweep_rules.py): the job is
+neither complete nor cancelled, every message of it was queued (not ``submitting``: an
+interrupted submit is `submit --resume`'s), it wrote no result for ``stall_s`` seconds, and no
+message of it is queued or unacknowledged in the broker (storage/broker.py). A requeue is
+claimed by sweep_claim.lua, which checks the sweep lock's fencing token and that the job still
+has the counters the sweep read, so one sweeper requeues it, once. Being wrong costs only work,
+never a count: result writes are idempotent per (job, index) (write_results.lua), so an item
+that was not lost after all is merely recognised twice.
 """
 
 from __future__ import annotations
@@ -99,6 +100,19 @@ class Sweeper:
         now = time.time() if now is None else now
         report = SweepReport(dry_run=self.dry_run)
         views = self._views()
+        stalled = self._triage(views, now, report)
+        if stalled:
+            self._confirm(stalled, now, report)
+        self._forget(report.verdicts)
+        for job, verdict in report.verdicts.items():
+            view = views[job]
+            if verdict is Verdict.REQUEUE and view is not None and (done := self._requeue(view, lease, now)):
+                report.requeued.append(done)
+        return report
+
+    # Deciding
+    def _triage(self, views: dict[str, JobView | None], now: float, report: SweepReport) -> list[JobView]:
+        """Verdicts that need no look at the broker; returns the stalled jobs, which do."""
         stalled: list[JobView] = []
         for job, view in views.items():
             verdict = triage(view, now, self.stall_s)
@@ -106,23 +120,18 @@ class Sweeper:
                 stalled.append(view)
             else:
                 report.verdicts[job] = verdict or Verdict.FINISHED
-        if stalled:
-            flight: InFlight = in_flight(self.redis, self.keys, self.queue)
-            report.broker_messages = flight.messages
-            seen = self._seen([v.job for v in stalled])
-            for view in stalled:
-                report.verdicts[view.job] = confirm(view, seen.get(view.job), flight.holds(view.job), now)
-            if flight.unreadable:
-                log.warning("sweep: %d broker message(s) name no readable job; requeuing nothing", flight.unreadable)
-            self._observe([v for v in stalled if report.verdicts[v.job] is Verdict.IDLE], seen, now)
-        self._forget(report.verdicts)
-        for job, verdict in report.verdicts.items():
-            view = views[job]
-            if verdict is Verdict.REQUEUE and view is not None:
-                requeued = self._requeue(view, lease, now)
-                if requeued is not None:
-                    report.requeued.append(requeued)
-        return report
+        return stalled
+
+    def _confirm(self, stalled: list[JobView], now: float, report: SweepReport) -> None:
+        """One read of the broker for every stalled job; record the jobs found idle for the first time."""
+        flight: InFlight = in_flight(self.redis, self.keys, self.queue)
+        report.broker_messages = flight.messages
+        if flight.unreadable:
+            log.warning("sweep: %d broker message(s) name no readable job; requeuing nothing", flight.unreadable)
+        seen = self._seen([v.job for v in stalled])
+        for view in stalled:
+            report.verdicts[view.job] = confirm(view, seen.get(view.job), flight.holds(view.job), now)
+        self._observe([v for v in stalled if report.verdicts[v.job] is Verdict.IDLE], seen, now)
 
     # Reading
     def _views(self) -> dict[str, JobView | None]:

@@ -226,13 +226,14 @@ class Sweeper:
 def sweep_locked(sweeper: Sweeper, lock_ttl_s: float, pace_s: float | None = None) -> SweepReport | None:
     """One sweep under the sweep lock, so two sweepers never requeue the same job. None when another
     sweeper holds the lock, or, with ``pace_s``, when one began a paced sweep within ``pace_s``
-    seconds (each worker tries every interval; together they sweep about once an interval)."""
+    seconds (each worker tries every interval; together they sweep about once an interval: the
+    pace key lives 90% of it, so one worker's own next turn is never skipped)."""
     client, keys = sweeper.redis, sweeper.keys
     if pace_s and client.exists(keys.sweep_paced):
         return None
     try:
         with held(client, keys.sweep_lock, keys.sweep_fence, lock_ttl_s, "sweep") as lease:
-            if pace_s and not client.set(keys.sweep_paced, lease.token, px=max(1, int(pace_s * 1000)), nx=True):
+            if pace_s and not client.set(keys.sweep_paced, lease.token, px=max(1, int(pace_s * 900)), nx=True):
                 return None
             return sweeper.sweep(lease)
     except LockHeldError:

@@ -219,7 +219,7 @@ def test_a_dry_run_writes_nothing(jobs: Jobs) -> None:
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)  # its own work takes about 30 s; the first test to need the model trains it
 def test_a_message_lost_between_brpop_and_unacked_is_requeued_and_the_job_completes(
     env: dict[str, str], published: str, redis_url: str, mnist_test: MnistArrays, tmp_path: Path
 ) -> None:

@@ -124,6 +124,19 @@ class Settings:
         "after its hold lapsed is reported interrupted (resume it with `producer submit --resume JOB`).",
         minimum=1,
     )
+    sweep_interval_s: float = _field(
+        30.0,
+        "How often the workers' sweeper looks for stalled jobs (one worker at a time, about once an "
+        "interval however many run); see INKQ_SWEEP_STALL_S.",
+        minimum=0.1,
+    )
+    sweep_stall_s: float = _field(
+        120.0,
+        "A fully queued, unfinished job that wrote no result for this long, and has no message queued or "
+        "held by a worker on two sweeps in a row, gets its missing items requeued from its manifest "
+        "(a message lost with a killed worker); `producer sweep` runs the same check at once.",
+        minimum=0.0,
+    )
 
     review_threshold: float = _field(
         0.8, "Results less confident than this are marked for review (`producer review`).", minimum=0.0
@@ -163,7 +176,8 @@ class Settings:
     )
     lock_ttl_s: int = _field(
         60,
-        "Registry lock lifetime (train, retrain, rollback); renewed while a run lives, so a crashed run frees it.",
+        "Lifetime of the registry lock (train, retrain, rollback) and of the sweep lock; renewed while its "
+        "holder lives, so a crashed holder frees it.",
         minimum=5,
     )
     keep_versions: int = _field(

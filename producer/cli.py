@@ -17,6 +17,7 @@ from producer.deadletters import dead_letters
 from producer.jobcli import announce, cancel, check_settled, hint, resumable_on_interrupt
 from producer.labelcli import label, review
 from producer.progress import Mode, follow, mode_for
+from producer.sweepcli import sweep
 
 
 @click.group(cls=Group)
@@ -285,10 +286,8 @@ def finetune_demo_command(settings: Settings, labels: int, test: int, epochs: in
     emit_json(summary)
 
 
-cli.add_command(cancel)
-cli.add_command(label)
-cli.add_command(review)
-cli.add_command(dead_letters)
+for command in (cancel, label, review, dead_letters, sweep):
+    cli.add_command(command)
 
 
 def main() -> None:

@@ -85,6 +85,39 @@ class Keys:
         TTL: INKQ_SUBMIT_LEASE_S; once it lapses an unfinished submit counts as interrupted."""
         return self._k("job", job_id, "lease")
 
+    @property
+    def jobs_active(self) -> str:
+        """Sorted set: job id -> creation time, of every job begun with a manifest and not yet seen
+        complete or cancelled by the sweeper (which drops finished and expired ones). TTL: the
+        result TTL, renewed by each job begun."""
+        return self._k("jobs", "active")
+
+    # The sweeper (storage/sweeper.py): requeues the missing items of a job whose messages were lost
+    @property
+    def sweep_seen(self) -> str:
+        """Hash: job id -> JSON of the sweep that last found it stalled with no message in the
+        broker (done, updated, time); a second such sweep requeues its missing items. TTL: the
+        result TTL, renewed on each write."""
+        return self._k("sweep", "seen")
+
+    @property
+    def sweep_lock(self) -> str:
+        """The sweep lock: one sweeper at a time; its value is the holder's fencing token, checked
+        by sweep_claim.lua before a requeue. Expires INKQ_LOCK_TTL_S after its holder stops renewing."""
+        return self._k("sweep", "lock")
+
+    @property
+    def sweep_fence(self) -> str:
+        """Counter of fencing tokens handed out with the sweep lock; only grows. No TTL: a token
+        must never be handed out twice."""
+        return self._k("sweep", "fence")
+
+    @property
+    def sweep_paced(self) -> str:
+        """String set by each worker's periodic sweep, expiring after INKQ_SWEEP_INTERVAL_S: while it
+        lives other workers skip their turn, so N workers sweep about once an interval, not N times."""
+        return self._k("sweep", "paced")
+
     # Workers
     def worker(self, hostname: str) -> str:
         """A ready worker's description, refreshed by its heartbeat."""
@@ -105,6 +138,12 @@ class Keys:
 
     def queue_list(self, queue: str) -> str:
         return self.broker_prefix + queue
+
+    @property
+    def broker_unacked(self) -> str:
+        """kombu's hash of delivered, unacknowledged messages: delivery tag -> JSON [message, exchange,
+        routing key]. No TTL: kombu owns it and removes entries on ack."""
+        return self.broker_prefix + "unacked"
 
     @property
     def broker_unacked_index(self) -> str:
@@ -213,6 +252,7 @@ DURABLE: dict[str, str] = {
     "labels": "the labels themselves",
     "labels:*": "label arrival log, counter and the used/tried watermarks",
     "retrain:last": "one timestamp: when `trainer watch` last retrained",
+    "sweep:fence": "the sweep lock's fencing-token counter: a token must never be handed out twice",
     "broker:*": "kombu's queue lists, unacked messages and bindings: work in flight, emptied by acknowledgement",
 }
 

@@ -8,6 +8,7 @@ job and renews the lease per chunk, so a submitter that died leaves an ``interru
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import uuid
@@ -43,6 +44,9 @@ class Lifecycle:
         pipe.hset(self.keys.job(job), mapping=fields)
         pipe.expire(self.keys.job(job), self.jobs.ttl_s)
         pipe.set(self.keys.job_lease(job), token, px=int(self.jobs.lease_s * 1000))
+        # Indexed for the sweeper, which requeues the missing items of a job whose messages were lost.
+        pipe.zadd(self.keys.jobs_active, {job: fields["created"]})
+        pipe.expire(self.keys.jobs_active, self.jobs.ttl_s)
         pipe.execute()
         return job
 
@@ -100,15 +104,12 @@ class Lifecycle:
         ]
         error = f"cancelled: job {job} was cancelled (`producer cancel`) before this item had a result"
         cancelled = 0
-        for page in self._pages(job, status.total):
-            # Bodies only for items still without a result (the script re-checks each one).
-            pipe = self.redis.pipeline(transaction=False)
-            for index, _, _ in page:
-                pipe.hexists(keys[1], str(index))
+        # An empty first page marks the job cancelled before any item is read; then bodies only for
+        # items still without a result (the script re-checks each one).
+        for page in itertools.chain([[]], self.unfinished(job, status.total)):
             args: list[Any] = [time.time(), self.jobs.ttl_s]
-            for (index, digest, path), written in zip(page, pipe.execute(), strict=True):
-                if not written:
-                    args += [index, json.dumps(_cancelled(path, digest, error), separators=(",", ":"))]
+            for index, digest, path in page:
+                args += [index, json.dumps(_cancelled(path, digest, error), separators=(",", ":"))]
             added = int(self._cancel(keys=keys, args=args))
             if added == -1:
                 return None
@@ -117,13 +118,22 @@ class Lifecycle:
             cancelled += added
         return cancelled
 
-    def _pages(self, job: str, total: int) -> Iterator[Sequence[tuple[int, str | None, str | None]]]:
+    def unfinished(self, job: str, total: int) -> Iterator[list[tuple[int, str | None, str | None]]]:
+        """The items of ``job`` without a result, a manifest page at a time: what a cancel gives an
+        error and what the sweeper requeues. A job made by `create` has no manifest: its items are
+        then known by index only (digest and path None)."""
         if self.manifest.length(job) >= total:
-            yield from self.manifest.pages(job)
-            return
-        # A job made by `create` has no manifest: its unfinished items are known by index only.
-        for start in range(0, total, PAGE):
-            yield [(i, None, None) for i in range(start, min(total, start + PAGE))]
+            pages: Iterator[Sequence[tuple[int, str | None, str | None]]] = self.manifest.pages(job)
+        else:
+            pages = ([(i, None, None) for i in range(s, min(total, s + PAGE))] for s in range(0, total, PAGE))
+        results = self.keys.job_results(job)
+        for page in pages:
+            pipe = self.redis.pipeline(transaction=False)
+            for index, _, _ in page:
+                pipe.hexists(results, str(index))
+            missing = [item for item, written in zip(page, pipe.execute(), strict=True) if not written]
+            if missing:
+                yield missing
 
 
 def _cancelled(path: str | None, digest: str | None, error: str) -> dict[str, Any]:

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 _LUA = {name: Path(__file__).with_name(f"lock_{name}.lua").read_text() for name in ("acquire", "renew", "release")}
 RETRY_S = 1.0
+# Who else may hold a lock, by what the caller takes it for (the registry lock by default).
+_REGISTRY_HOLDER = "another train, retrain or rollback"
+_HOLDERS = {"sweep": "another sweep (a worker's periodic sweep or `producer sweep`)"}
 
 
 class LockHeldError(InkqError):
@@ -90,7 +93,7 @@ def acquire(client: redis.Redis, key: str, fence_key: str, ttl_s: float, what: s
     taken, value = client.eval(_LUA["acquire"], 2, key, fence_key, int(ttl_s * 1000), "1" if force else "0")
     if not int(taken):
         raise LockHeldError(
-            f"another train, retrain or rollback is running (lock {key} held for {int(value) / 1000:.0f}s more "
+            f"{_HOLDERS.get(what, _REGISTRY_HOLDER)} is running (lock {key} held for {int(value) / 1000:.0f}s more "
             f"unless renewed; it expires within {ttl_s:.0f}s if its holder died). Try again when it finishes"
             + ("; `trainer rollback --force` takes it over, failing the running one" if what == "rollback" else "")
         )

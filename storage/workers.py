@@ -43,6 +43,8 @@ class WorkerState:
     refused: dict[str, str] = field(default_factory=dict)  # versions it would not switch to, and why
     compile_fallback: str | None = None  # why torch.compile failed, when it serves eager instead
     preprocess_workers: int = 0  # processes preparing its batches (0: the model's thread)
+    swept_at: float | None = None  # when its sweeper thread last ran: swept, or found another worker's sweep
+    sweep_error: str | None = None  # why its last sweep failed (None when it worked)
     at: float = 0.0  # when this state was written
     extra: dict[str, Any] = field(default_factory=dict)  # fields written by newer workers
 

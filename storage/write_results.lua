@@ -3,6 +3,8 @@
 -- ARGV: now, ttl, review key, then five per result: index, body, is_failed, for_review, member.
 -- A job that is gone (expired or never created) or cancelled takes no more results: a cancelled
 -- job's counters are final, whatever a worker that was mid-batch writes afterwards.
+-- Each write stamps the job's "updated" time: the sweeper (storage/sweeper.py) leaves alone a
+-- job that wrote anything within INKQ_SWEEP_STALL_S, a redelivered duplicate included.
 local now, ttl, review = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local marked = false
 for i = 0, #KEYS / 4 - 1 do
@@ -12,6 +14,7 @@ for i = 0, #KEYS / 4 - 1 do
   local total = redis.call('HGET', job, 'total')
   if total and redis.call('HGET', job, 'state') ~= 'cancelled' then
     local fresh = redis.call('HSET', results, index, body)
+    redis.call('HSET', job, 'updated', now)
     if fresh == 1 then redis.call('HINCRBY', job, 'done', 1) end
     if is_failed == '1' then
       if redis.call('SADD', failed, index) == 1 then redis.call('HINCRBY', job, 'failed', 1) end

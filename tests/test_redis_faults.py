@@ -39,7 +39,8 @@ def test_every_key_a_job_leaves_expires_or_is_durable_by_design(
     env: dict[str, str], redis_url: str, mnist_test: MnistArrays, tmp_path: Path
 ) -> None:
     publish_untrained(connect(redis_url))
-    worker = WorkerProcess(env, "ttl", tmp_path / "worker.log", WORKER)
+    # The sweeper sweeps every half second, so its keys are among those checked.
+    worker = WorkerProcess(env, "ttl", tmp_path / "worker.log", WORKER | {"sweep_interval_s": "0.5"})
     try:
         write_digits(tmp_path / "scans", mnist_test[0][:30], mnist_test[1][:30])
         job = submit(env, tmp_path / "scans")
@@ -48,6 +49,8 @@ def test_every_key_a_job_leaves_expires_or_is_durable_by_design(
             env=env, capture_output=True, text=True, timeout=180, check=False,
         )  # fmt: skip
         assert run.returncode == 0 and len(run.stdout.splitlines()) == 30, run.stderr
+        stats = connect(redis_url), Keys().worker_stats(worker.name)
+        wait_for(lambda: int(stats[0].hget(stats[1], "sweeps") or 0) >= 2, 30, "two sweeps")
     finally:
         worker.stop()
     keys = Keys()
@@ -57,7 +60,7 @@ def test_every_key_a_job_leaves_expires_or_is_durable_by_design(
     for raw in client.scan_iter(count=1000):
         name = raw.decode()
         seen[name] = client.ttl(name)
-    assert keys.job(job) in seen
+    assert keys.job(job) in seen and keys.sweep_fence in seen
     expiring = [k for k, ttl in seen.items() if ttl > 0]
     assert any(k.startswith(keys.image("")) for k in expiring) and keys.job_results(job) in expiring
     forever = sorted(k for k, ttl in seen.items() if ttl == -1 and not any(fnmatch.fnmatchcase(k, p) for p in durable))

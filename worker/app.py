@@ -32,6 +32,7 @@ from storage.redis_checks import check_store
 from worker import delivery
 from worker.delivery import Action
 from worker.replica import Replica
+from worker.sweeping import SweepThread
 from worker.visibility import VisibilityKeeper, held_delivery_tags
 
 log = logging.getLogger("worker")
@@ -40,6 +41,7 @@ settings = load_settings()
 app = make_app(settings)
 _replica: Replica | None = None
 _keeper: VisibilityKeeper | None = None
+_sweeper: SweepThread | None = None
 # A pause before a message goes back to the queue, so that a broken worker does not spin on it.
 RELEASE_PAUSE_S = 1.0
 
@@ -75,11 +77,14 @@ def _load_model(**_: Any) -> None:
 
 @signals.worker_ready.connect
 def _announce(sender: Any = None, **_: Any) -> None:
-    global _keeper  # noqa: PLW0603 - one keeper per process
+    global _keeper, _sweeper  # noqa: PLW0603 - one keeper and one sweeper per process
     r = replica()
     _keeper = VisibilityKeeper(r.redis, r.keys.broker_unacked_index, settings.visibility_timeout_s, held_delivery_tags)
     _keeper.start()
     r.announce(getattr(sender, "hostname", "") or r.hostname)
+    # Finds jobs whose message was lost with a killed worker (storage/sweeper.py) and requeues their items.
+    _sweeper = SweepThread(r.jobs, settings, app, r.hostname, r.sweep_health)
+    _sweeper.start()
     log.info("worker %s ready", r.hostname)
 
 
@@ -87,6 +92,8 @@ def _announce(sender: Any = None, **_: Any) -> None:
 def _close(**_: Any) -> None:
     if _keeper is not None:
         _keeper.stop()
+    if _sweeper is not None:
+        _sweeper.stop()
     if _replica is not None:
         _replica.close()
 

@@ -69,6 +69,7 @@ class Replica:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._announced = False
+        self.sweep_health: dict[str, Any] = {}  # swept_at, sweep_error: written by worker/sweeping.py
 
     def _build(self, version: str | None) -> Engine:
         info, weights = self.registry.weights(version)
@@ -256,6 +257,8 @@ class Replica:
             refused=dict(self.refused),
             compile_fallback=self.engine.compile_error,
             preprocess_workers=self.prep.workers,
+            swept_at=self.sweep_health.get("swept_at"),
+            sweep_error=self.sweep_health.get("sweep_error"),
         )
         workers.write(self.redis, self.keys, state, HEARTBEAT_S * 3)
 

@@ -13,7 +13,7 @@ import torch
 from recognizer import artifact, network
 from recognizer.engine import Engine, bf16_capable
 
-__all__ = ["TrainedModel", "engine_from", "train_or_load"]
+__all__ = ["TrainedModel", "engine_from", "from_file", "train_or_load"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,19 @@ def train_or_load(root: Path, cache: Path, *, limit: int | None, epochs: int, va
     meta = {"settings": wanted, "temperature": result.temperature, "val_accuracy": result.val_accuracy}
     meta_path.write_text(json.dumps(meta | {"data": fingerprint, "seconds": result.seconds}))
     return TrainedModel(weights, result.temperature, result.val_accuracy, f"trained:{fingerprint}")
+
+
+def from_file(weights: Path) -> TrainedModel:
+    """Weights saved by a trainer (safetensors) with the version metadata beside them, as
+    ``info.json`` in the same folder or NAME.json: the temperature comes from there."""
+    for meta_path in (weights.with_suffix(".json"), weights.parent / "info.json"):
+        if meta_path.exists():
+            meta = json.loads(meta_path.read_text())
+            accuracy = float(meta.get("metrics", {}).get("val_accuracy", meta.get("val_accuracy", 0.0)))
+            return TrainedModel(weights.read_bytes(), float(meta["temperature"]), accuracy, f"file:{weights}")
+    raise FileNotFoundError(
+        f"no metadata (info.json or {weights.stem}.json) beside {weights}: its temperature is needed"
+    )
 
 
 def engine_from(model: TrainedModel, *, compile: bool = False) -> Engine:

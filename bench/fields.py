@@ -21,7 +21,7 @@ from typing import Any
 import click
 import numpy as np
 
-from bench.fieldmodel import TrainedModel, engine_from, train_or_load
+from bench.fieldmodel import TrainedModel, engine_from, from_file, train_or_load
 from bench.synth import STYLES, Box, DigitPool, Field, load_mnist, render_field
 from recognizer import scan
 from recognizer.engine import Engine
@@ -125,7 +125,17 @@ def measure(pool: DigitPool, engine: Engine, split: str, count: int, params: Rea
     help="val: fields from MNIST training digits (tuning); test: from test digits (reporting).",
 )
 @click.option("--count", type=click.IntRange(min=1), default=200, show_default=True, help="Fields of each kind.")
-@click.option("--model", "source", type=click.Choice(["registry", "train"]), default="registry", show_default=True)
+@click.option(
+    "--model",
+    "source",
+    type=click.Choice(["registry", "train", "file"]),
+    default="registry",
+    show_default=True,
+    help="registry: the current version at INKQ_REDIS_URL; train: train here (cached); file: --weights.",
+)
+@click.option(
+    "--weights", type=click.Path(dir_okay=False, path_type=Path), help="With --model file: a .safetensors file."
+)
 @click.option("--train-limit", type=int, default=None, help="With --model train: training digits used (default all).")
 @click.option("--train-epochs", type=int, default=3, show_default=True)
 @click.option(
@@ -149,6 +159,7 @@ def main(
     split: str,
     count: int,
     source: str,
+    weights: Path | None,
     train_limit: int | None,
     train_epochs: int,
     cache: Path,
@@ -163,6 +174,10 @@ def main(
 
         info, weights = current_model(load_settings())
         model = TrainedModel(weights, info.temperature, float(info.metrics.get("val_accuracy", 0.0)), info.version)
+    elif source == "file":
+        if weights is None:
+            raise click.UsageError("--model file needs --weights PATH (with its info.json or NAME.json beside it)")
+        model = from_file(weights)
     else:
         model = train_or_load(data_root, cache, limit=train_limit, epochs=train_epochs)
     engine = engine_from(model)

@@ -39,6 +39,7 @@ from recognizer.segment import (
     runs,
     slant,
     text_height,
+    width,
 )
 
 __all__ = ["CharReading", "FieldReading", "ReaderParams", "read_fields"]
@@ -56,11 +57,11 @@ class Predictor(Protocol):
 class ReaderParams:
     """The search's priors, tuned on validation fields drawn from MNIST training digits."""
 
-    bonus: float = 0.5  # log-score per character read: offsets the joint confidence of fewer, merged characters
+    bonus: float = -2.0  # log-score per character read; below 0, a cut must earn its place (halves read confidently)
     short: float = 0.6  # a character below this share of the text height ...
-    short_cost: float = 12.0  # ... loses this much log-score per unit of shortfall
-    wide: float = 1.0  # a character wider than this many heights (along the slant) ...
-    wide_cost: float = 8.0  # ... loses this much per unit beyond
+    short_cost: float = 24.0  # ... loses this much log-score per unit of shortfall
+    wide: float = 1.3  # a character wider than this many heights (along the slant) ...
+    wide_cost: float = 4.0  # ... loses this much per unit beyond
     skip_cost: float = 4.0  # leaving a piece unread (dust, a rule's remnant) costs this, plus its size
     max_pixels: int = 4_000_000
     segment: SegmentParams = field(default_factory=SegmentParams)
@@ -160,7 +161,7 @@ def _plan(image: np.ndarray, p: ReaderParams) -> _Plan:
         except BlankImageError:
             continue  # too faint to be a character alone: only its neighbours' runs can hold it
         tall = (span_ys.max() - span_ys.min() + 1) / height
-        wide = (max(q.right for q in pieces[i:j]) - min(q.left for q in pieces[i:j])) / height
+        wide = width(pieces[i:j]) / height
         prior = -p.short_cost * max(0.0, p.short - tall) - p.wide_cost * max(0.0, wide - p.wide)
         plan.spans.append((i, j))
         plan.inputs.append(x)

@@ -17,7 +17,7 @@ import numpy as np
 from recognizer import scan
 from recognizer.ink import SOLID
 
-__all__ = ["Piece", "SegmentParams", "cell_pieces", "free_pieces", "render", "runs", "text_height"]
+__all__ = ["Piece", "SegmentParams", "cell_pieces", "free_pieces", "join", "render", "runs", "text_height", "width"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class SegmentParams:
     max_cuts: int = 3  # cuts tried per component
     max_span: int = 4  # pieces one character may be made of
     max_width: float = 1.8  # a character is at most this many heights wide
+    stacked: float = 0.7  # pieces sharing this share of the narrower one's columns are one character
     max_gap: float = 0.6  # pieces of one character are at most this many heights apart
 
 
@@ -69,9 +70,10 @@ def components(ink: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def text_height(blobs: list[tuple[np.ndarray, np.ndarray]]) -> float:
-    """The characters' height: the median of the blobs at least half as tall as the tallest."""
+    """The characters' height: the median of the blobs at least half as tall as the tallest, and
+    not far below the tallest (a digit broken into parts has none of its full height)."""
     heights = np.array([int(ys.max() - ys.min() + 1) for ys, _ in blobs]) if blobs else np.array([1])
-    return float(np.median(heights[heights >= 0.5 * heights.max()]))
+    return float(max(np.median(heights[heights >= 0.5 * heights.max()]), 0.85 * heights.max()))
 
 
 def slant(ys: np.ndarray, xs: np.ndarray) -> float:
@@ -92,10 +94,18 @@ def _along(ys: np.ndarray, xs: np.ndarray, shear: float, yc: float) -> np.ndarra
     return xs + shear * (ys - yc)
 
 
-def _cuts(u: np.ndarray, height: float, p: SegmentParams) -> list[float]:
+def width(pieces: list[Piece]) -> float:
+    """How wide these pieces are together: upright or along the slant, whichever is narrower
+    (a slant measured on one character can be far off)."""
+    u = max(q.right for q in pieces) - min(q.left for q in pieces)
+    x = max(int(q.xs.max()) for q in pieces) + 1 - min(int(q.xs.min()) for q in pieces)
+    return float(min(u, x))
+
+
+def _cuts(u: np.ndarray, xs: np.ndarray, height: float, p: SegmentParams) -> list[float]:
     """Where to try parting a wide blob: the thinnest places of its ink along the slant."""
     lo, hi = float(u.min()), float(u.max()) + 1
-    if hi - lo <= p.cut_width * height:
+    if min(hi - lo, float(xs.max() - xs.min() + 1)) <= p.cut_width * height:
         return []
     cols = np.bincount(np.floor(u - lo).astype(np.int64))
     smooth = np.convolve(cols, np.ones(3) / 3, mode="same")
@@ -120,11 +130,26 @@ def free_pieces(
         if len(ys) < p.speck * height * height:
             continue
         u = _along(ys, xs, shear, yc)
-        edges = [-np.inf, *_cuts(u, height, p), np.inf]
+        edges = [-np.inf, *_cuts(u, xs, height, p), np.inf]
         for a, b in itertools.pairwise(edges):
             keep = (u >= a) & (u < b)
             if keep.any():
                 out.append(Piece(ys[keep], xs[keep], u[keep]))
+    return _stack(sorted(out, key=lambda piece: piece.centre), p)
+
+
+def _stack(pieces: list[Piece], p: SegmentParams) -> list[Piece]:
+    """Pieces one above the other along the slant joined: a stroke broken across (the bar of a 5
+    come off its body) leaves parts that share their columns, where neighbours hardly do."""
+    out: list[Piece] = []
+    for q in pieces:
+        for k, r in enumerate(out):
+            shared = min(q.right, r.right) - max(q.left, r.left)
+            if shared >= p.stacked * min(q.right - q.left, r.right - r.left):
+                out[k] = Piece(np.concatenate([r.ys, q.ys]), np.concatenate([r.xs, q.xs]), np.concatenate([r.u, q.u]))
+                break
+        else:
+            out.append(q)
     return sorted(out, key=lambda piece: piece.centre)
 
 
@@ -164,13 +189,11 @@ def runs(pieces: list[Piece], height: float, p: SegmentParams) -> list[tuple[int
     out = []
     for i in range(len(pieces)):
         right = pieces[i].right
-        left = pieces[i].left
         for j in range(i + 1, min(len(pieces), i + p.max_span) + 1):
             if j > i + 1:
                 gap = pieces[j - 1].left - right
                 right = max(right, pieces[j - 1].right)
-                left = min(left, pieces[j - 1].left)
-                if gap > p.max_gap * height or right - left > p.max_width * height:
+                if gap > p.max_gap * height or width(pieces[i:j]) > p.max_width * height:
                     break
             out.append((i, j))
     return out

@@ -172,8 +172,8 @@ def main(
         from bench.common import current_model
         from config.settings import load_settings
 
-        info, weights = current_model(load_settings())
-        model = TrainedModel(weights, info.temperature, float(info.metrics.get("val_accuracy", 0.0)), info.version)
+        info, blob = current_model(load_settings())
+        model = TrainedModel(blob, info.temperature, float(info.metrics.get("val_accuracy", 0.0)), info.version)
     elif source == "file":
         if weights is None:
             raise click.UsageError("--model file needs --weights PATH (with its info.json or NAME.json beside it)")

@@ -57,7 +57,7 @@ class Predictor(Protocol):
 class ReaderParams:
     """The search's priors, tuned on validation fields drawn from MNIST training digits."""
 
-    bonus: float = -2.0  # log-score per character read; below 0, a cut must earn its place (halves read confidently)
+    bonus: float = 0.0  # log-score per character read: above 0 favours cutting, below 0 merging
     short: float = 0.6  # a character below this share of the text height ...
     short_cost: float = 24.0  # ... loses this much log-score per unit of shortfall
     wide: float = 1.3  # a character wider than this many heights (along the slant) ...

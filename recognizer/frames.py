@@ -103,7 +103,7 @@ def _grid(low: np.ndarray, left: float, right: float, inner: int, t: int) -> lis
 
 def _reach(mask: np.ndarray, x: int, bottom: int, inner: int) -> int:
     """How far up from the bottom rule a divider's column stays marked."""
-    column = mask[bottom - inner : bottom, max(0, x - 1) : x + 2].any(axis=1)[::-1]
+    column: np.ndarray = np.asarray(mask[bottom - inner : bottom, max(0, x - 1) : x + 2].any(axis=1))[::-1]
     return int(np.argmin(column)) if not column.all() else inner
 
 

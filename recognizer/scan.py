@@ -27,6 +27,7 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "ImageInfo",
     "decode",
+    "frame",
     "normalize",
     "prepare",
     "preprocess",
@@ -240,7 +241,16 @@ def prepare(gray: np.ndarray) -> np.ndarray:
     if floor > 0:
         x = np.where(x > floor, x, 0.0).astype(np.float32)
 
-    x = _crop_to_ink(x)
+    return frame(x)
+
+
+def frame(x: np.ndarray) -> np.ndarray:
+    """Ink in [0, 1] on a zero background -> MNIST's frame: the ink's box scaled to fit 20x20,
+    its centre of mass at the centre of 28x28. Shared by whole-image digits and field characters.
+
+    Raises ``BlankImageError`` when there is no solid ink.
+    """
+    x = _crop_to_ink(np.asarray(x, dtype=np.float32))
 
     h, w = x.shape
     scale = BOX / max(h, w)

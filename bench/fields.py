@@ -1,0 +1,196 @@
+"""`python -m bench.fields`: how well and how fast the field reader reads generated fields.
+
+    python -m bench.fields --split val --count 200     # fields from MNIST training digits: tuning
+    python -m bench.fields --split test --count 300    # fields from MNIST test digits: reported figures
+
+Reports 5-digit comb-box fields read exactly; free 3-8-digit strings (touching neighbours
+included) read exactly and per character; single digits in a printed box against the same
+digits (same samples, same strokes) without one; the reader's fields/s and characters/s beside
+single digits/s through the same engine. The model is the registry's current version
+(``--model registry``) or one trained here on MNIST training digits (``--model train``, cached).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from bench.fieldmodel import TrainedModel, engine_from, from_file, train_or_load
+from bench.synth import STYLES, Box, DigitPool, Field, load_mnist, render_field
+from recognizer import scan
+from recognizer.engine import Engine
+from recognizer.fields import FieldReading, ReaderParams, read_fields
+
+__all__ = ["char_errors", "main", "measure", "segmented"]
+
+# Validation and test fields never share seeds, whatever their digits.
+SEEDS = {"val": 1009, "test": 2003}
+CHUNK = 32  # fields per read_fields call, as a worker batch would hold
+
+
+def char_errors(truth: str, read: str) -> int:
+    """Edit distance: a character missed, added or misread counts one."""
+    prev = list(range(len(read) + 1))
+    for i, a in enumerate(truth, 1):
+        cur = [i]
+        for j, b in enumerate(read, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a != b)))
+        prev = cur
+    return prev[-1]
+
+
+def _read(images: list[np.ndarray], engine: Engine, params: ReaderParams) -> tuple[list[FieldReading | None], float]:
+    readings: list[FieldReading | None] = []
+    start = time.perf_counter()
+    for i in range(0, len(images), CHUNK):
+        for r in read_fields(images[i : i + CHUNK], engine, params):
+            readings.append(r if isinstance(r, FieldReading) else None)
+    return readings, time.perf_counter() - start
+
+
+def _overlap(a: Box, b: Box) -> float:
+    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union else 0.0
+
+
+def segmented(field: Field, reading: FieldReading | None) -> bool:
+    """Whether the reader found each character where it is, whatever it read there: as many
+    boxes as characters, each overlapping its true box by half (intersection over union)."""
+    if reading is None or len(reading.chars) != len(field.boxes):
+        return False
+    return all(_overlap(c.box, b) >= 0.5 for c, b in zip(reading.chars, field.boxes, strict=True))
+
+
+def _score(kind: str, fields: list[Field], readings: list[FieldReading | None], seconds: float) -> dict[str, Any]:
+    truths = [f.text for f in fields]
+    texts = [r.text if r else "" for r in readings]
+    chars = sum(len(t) for t in truths)
+    wrong = sum(min(len(t), char_errors(t, r)) for t, r in zip(truths, texts, strict=True))
+    exact = sum(t == r for t, r in zip(truths, texts, strict=True))
+    cut = sum(segmented(f, r) for f, r in zip(fields, readings, strict=True))
+    return {
+        "kind": kind,
+        "fields": len(truths),
+        "exact": round(100 * exact / len(truths), 2),
+        "chars": round(100 * (chars - wrong) / chars, 2),
+        "segmented": round(100 * cut / len(truths), 2),
+        "fields_per_s": round(len(truths) / seconds, 1),
+        "chars_per_s": round(chars / seconds, 1),
+        "misread": [[t, r] for t, r in zip(truths, texts, strict=True) if t != r][:8],
+    }
+
+
+def _single_digits(engine: Engine, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """MNIST digits through the serving preprocessing (what a worker does for a single image)."""
+    start = time.perf_counter()
+    inputs = [scan.normalize(scan.prepare(img.astype(np.float32) / 255.0)) for img in images]
+    preds = engine.predict(inputs)
+    seconds = time.perf_counter() - start
+    right = sum(p.label == int(y) for p, y in zip(preds, labels, strict=True))
+    return {
+        "digits": len(labels),
+        "accuracy": round(100 * right / len(labels), 2),
+        "digits_per_s": round(len(labels) / seconds, 1),
+    }
+
+
+def measure(pool: DigitPool, engine: Engine, split: str, count: int, params: ReaderParams) -> dict[str, Any]:
+    """Every field figure on ``count`` fields of each kind drawn from ``pool``."""
+    seed = SEEDS[split]
+    out: dict[str, Any] = {}
+    plain = replace(STYLES["free"], length=(1, 1), underline=0.0)
+    kinds = {"comb": STYLES["comb"], "free": STYLES["free"], "box": STYLES["box"], "unboxed": plain}
+    for name, style in kinds.items():
+        # Boxed and unboxed single digits share seeds: the same samples, sizes and strokes.
+        fields = [render_field(pool, (seed, i), style) for i in range(count)]
+        readings, seconds = _read([f.image for f in fields], engine, params)
+        out[name] = _score(name, fields, readings, seconds)
+    out["box_minus_unboxed"] = round(out["box"]["exact"] - out["unboxed"]["exact"], 2)
+    return out
+
+
+@click.command()
+@click.option(
+    "--split",
+    type=click.Choice(sorted(SEEDS)),
+    default="val",
+    show_default=True,
+    help="val: fields from MNIST training digits (tuning); test: from test digits (reporting).",
+)
+@click.option("--count", type=click.IntRange(min=1), default=200, show_default=True, help="Fields of each kind.")
+@click.option(
+    "--model",
+    "source",
+    type=click.Choice(["registry", "train", "file"]),
+    default="registry",
+    show_default=True,
+    help="registry: the current version at INKQ_REDIS_URL; train: train here (cached); file: --weights.",
+)
+@click.option(
+    "--weights", type=click.Path(dir_okay=False, path_type=Path), help="With --model file: a .safetensors file."
+)
+@click.option("--train-limit", type=int, default=None, help="With --model train: training digits used (default all).")
+@click.option("--train-epochs", type=int, default=3, show_default=True)
+@click.option(
+    "--cache",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path.home() / ".cache" / "inkq" / "fields-model.safetensors",
+    show_default=True,
+)
+@click.option(
+    "--digits",
+    type=click.IntRange(min=0),
+    default=2000,
+    show_default=True,
+    help="MNIST test digits read through the single-digit path, for comparison.",
+)
+@click.option("--data-root", envvar="INKQ_DATA_ROOT", show_envvar=True, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the figures here."
+)
+def main(
+    split: str,
+    count: int,
+    source: str,
+    weights: Path | None,
+    train_limit: int | None,
+    train_epochs: int,
+    cache: Path,
+    digits: int,
+    data_root: Path,
+    json_out: Path | None,
+) -> None:
+    """Measure the field reader on generated fields."""
+    if source == "registry":
+        from bench.common import current_model
+        from config.settings import load_settings
+
+        info, blob = current_model(load_settings())
+        model = TrainedModel(blob, info.temperature, float(info.metrics.get("val_accuracy", 0.0)), info.version)
+    elif source == "file":
+        if weights is None:
+            raise click.UsageError("--model file needs --weights PATH (with its info.json or NAME.json beside it)")
+        model = from_file(weights)
+    else:
+        model = train_or_load(data_root, cache, limit=train_limit, epochs=train_epochs)
+    engine = engine_from(model)
+    pool = DigitPool(*load_mnist(data_root, train=split == "val"))
+    figures: dict[str, Any] = {"split": split, "model": model.source, "count": count}
+    figures |= measure(pool, engine, split, count, ReaderParams())
+    if digits:
+        images, labels = load_mnist(data_root, train=False)
+        figures["single_digits"] = _single_digits(engine, images[:digits], labels[:digits])
+    click.echo(json.dumps(figures, indent=2))
+    if json_out:
+        json_out.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

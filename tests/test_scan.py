@@ -10,7 +10,7 @@ from PIL import Image
 
 from bench.synth import as_scan, encode
 from config.errors import BlankImageError, ImageDecodeError, ImageTooLargeError
-from recognizer import scan
+from recognizer import decoding, scan
 
 LIMITS = {"max_bytes": 20 * 1024 * 1024, "max_pixels": 40_000_000}
 
@@ -196,8 +196,8 @@ def test_a_large_photo_is_read_reduced_and_reads_the_same(
 ) -> None:
     data = photo(mnist_test[0][0], fmt)
     reduced = scan.decode(data, **LIMITS)
-    assert max(reduced.shape) <= scan.DECODE_MAX_SIDE and max(reduced.shape) > scan.DECODE_MAX_SIDE // 2
-    monkeypatch.setattr(scan, "DECODE_MAX_SIDE", 10**6)
+    assert max(reduced.shape) <= decoding.DECODE_MAX_SIDE and max(reduced.shape) > decoding.DECODE_MAX_SIDE // 2
+    monkeypatch.setattr(decoding, "DECODE_MAX_SIDE", 10**6)
     full = scan.decode(data, **LIMITS)
     assert full.shape == (3000, 4000)
     assert close(scan.prepare(reduced), scan.prepare(full), tol=0.02)

@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 # (healthy, why): what /healthz answers.
 Health = Callable[[], tuple[bool, str]]
 StartResponse = Callable[..., Any]
-JSON_HEADERS = [("Content-Type", "application/json")]
+# A tuple: wsgiref adds Content-Length to the list it is given, so each response gets a new list.
+JSON_HEADERS = (("Content-Type", "application/json"),)
 
 
 def check(settings: Settings) -> None:
@@ -74,10 +75,10 @@ def metrics_app(registry: CollectorRegistry, token: str, health: Health) -> Call
         if path == "/healthz":
             ok, reason = health()
             status = "200 OK" if ok else "503 Service Unavailable"
-            start_response(status, JSON_HEADERS)
+            start_response(status, list(JSON_HEADERS))
             return [json.dumps({"healthy": ok, "reason": reason}).encode()]
         if path != "/metrics":
-            start_response("404 Not Found", JSON_HEADERS)
+            start_response("404 Not Found", list(JSON_HEADERS))
             return [b'{"error": "not found: try /metrics or /healthz"}']
         given = str(environ.get("HTTP_AUTHORIZATION", "")).encode()
         if not hmac.compare_digest(given, expected):

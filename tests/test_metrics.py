@@ -3,9 +3,11 @@ and one real worker scraped over HTTP after a real job."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import socket
 import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -234,3 +236,46 @@ def test_a_real_worker_serves_its_metrics_after_a_job(
     finally:
         worker.stop()
     assert TOKEN not in worker.full_log()
+
+
+class _Letters:
+    def __init__(self) -> None:
+        self.added: list[Any] = []
+
+    def add(self, letter: Any) -> None:
+        self.added.append(letter)
+
+
+class _DeadLetterReplica:
+    def dead_letter_results(self, job: str, items: list[Any], error: str) -> int:
+        return len(items)
+
+
+def test_the_app_counts_messages_in_flight_and_dead_letters(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = importlib.import_module("worker.app")  # the module: the package's ``app`` is the Celery app
+    monkeypatch.setattr(app, "_metrics", m := WorkerMetrics())
+    seen: list[float] = []
+
+    def deliver(*_: Any) -> int:
+        seen.append(sample(m, "inkq_messages_in_flight"))
+        return 0
+
+    monkeypatch.setattr(app, "_deliver", deliver)
+    app.recognize("job", [])
+    assert seen == [1.0] and sample(m, "inkq_messages_in_flight") == 0
+
+    monkeypatch.setattr(app, "replica", _DeadLetterReplica)
+    args = ("job1", [[0, "d0", "a.png"], [1, "d1", "b.png"], "junk"])
+    assert app._dead_letter(_Letters(), "task1", args, {}, 5, "boom") == 2  # type: ignore[arg-type]
+    assert sample(m, "inkq_messages_dead_lettered_total") == 1
+    assert sample(m, "inkq_images_failed_total", reason="dead_letter") == 2
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_a_worker_with_a_metrics_port_and_no_token_refuses_to_start(env: dict[str, str], tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-n", "notoken@%h", "--without-gossip"]
+    env = env | {"INKQ_METRICS_PORT": str(free_port())}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=100, check=False)
+    assert done.returncode != 0
+    assert "INKQ_METRICS_TOKEN" in done.stdout + done.stderr, done.stderr[-3000:]

@@ -266,7 +266,7 @@ def test_the_app_counts_messages_in_flight_and_dead_letters(monkeypatch: pytest.
 
     monkeypatch.setattr(app, "replica", _DeadLetterReplica)
     args = ("job1", [[0, "d0", "a.png"], [1, "d1", "b.png"], "junk"])
-    assert app._dead_letter(_Letters(), "task1", args, {}, 5, "boom") == 2  # type: ignore[arg-type]
+    assert app._dead_letter(_Letters(), "task1", args, {}, 5, "boom") == 2
     assert sample(m, "inkq_messages_dead_lettered_total") == 1
     assert sample(m, "inkq_images_failed_total", reason="dead_letter") == 2
 

@@ -20,8 +20,13 @@ ENV_PREFIX = "INKQ_"
 CONFIG_FILE_VAR = "INKQ_CONFIG"
 
 
-def _field(default: Any, doc: str, *, choices: tuple[str, ...] = (), minimum: float | None = None) -> Any:
-    return dataclasses.field(default=default, metadata={"doc": doc, "choices": choices, "minimum": minimum})
+def _field(
+    default: Any, doc: str, *, choices: tuple[str, ...] = (), minimum: float | None = None, secret: bool = False
+) -> Any:
+    # A secret stays out of the settings' repr, so logging the settings cannot leak it.
+    return dataclasses.field(
+        default=default, repr=not secret, metadata={"doc": doc, "choices": choices, "minimum": minimum}
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +58,23 @@ class Settings:
         "Log lines of every inkq process: text, or json (one JSON object a line with time, level, logger, "
         "message and the record's fields, e.g. job, items, batch and model_version for the worker's messages).",
         choices=("text", "json"),
+    )
+
+    # Metrics (worker/metrics_http.py)
+    metrics_port: int = _field(
+        0,
+        "Port of a worker's /metrics (Prometheus) and /healthz endpoint; 0 turns it off. Give each worker "
+        "on a host its own port; INKQ_METRICS_TOKEN is then required.",
+        minimum=0,
+    )
+    metrics_host: str = _field(
+        "127.0.0.1", "Address the metrics endpoint binds (0.0.0.0 for a scraper on another host)."
+    )
+    metrics_token: str = _field(
+        "",
+        "Bearer token a scraper must send for /metrics (Authorization: Bearer TOKEN); required when "
+        "INKQ_METRICS_PORT is set. Never logged.",
+        secret=True,
     )
 
     # Image limits (producer and worker)

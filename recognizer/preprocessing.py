@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from config.errors import ImageError
+from config.errors import BlankImageError, ImageError, ImageTooLargeError
 from recognizer import scan
 
-__all__ = ["Outcome", "Preprocessor", "auto_workers", "prepare_one"]
+__all__ = ["Outcome", "Preprocessor", "auto_workers", "failure_reason", "prepare_one"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class Outcome:
     input: np.ndarray | None
     error: str | None
     ms: float  # time spent preparing it, in whichever process did
+    reason: str | None = None  # the error's short class, for metrics: decode, too_large or blank
 
 
 def prepare_one(blob: bytes, max_bytes: int, max_pixels: int) -> Outcome:
@@ -52,10 +53,17 @@ def prepare_one(blob: bytes, max_bytes: int, max_pixels: int) -> Outcome:
     try:
         return Outcome(scan.preprocess(blob, max_bytes=max_bytes, max_pixels=max_pixels), None, _ms(start))
     except ImageError as exc:  # this image fails alone
-        return Outcome(None, str(exc), _ms(start))
+        return Outcome(None, str(exc), _ms(start), failure_reason(exc))
     except Exception as exc:  # defence in depth: whatever a decoder raises, never the batch
         log.warning("preprocessing raised %s, not ImageError", type(exc).__name__, exc_info=True)
-        return Outcome(None, f"{type(exc).__name__}: {exc}"[:300], _ms(start))
+        return Outcome(None, f"{type(exc).__name__}: {exc}"[:300], _ms(start), "decode")
+
+
+def failure_reason(exc: ImageError) -> str:
+    """A short class of why an image failed, for a metric label (never the error's text)."""
+    if isinstance(exc, ImageTooLargeError):
+        return "too_large"
+    return "blank" if isinstance(exc, BlankImageError) else "decode"
 
 
 Task = Callable[[list[bytes], int, int], list[Outcome]]
@@ -121,7 +129,7 @@ class Preprocessor:
         suspects = self._each(blobs, list(range(len(blobs))), outcomes)
         for i in suspects:
             if self._each(blobs, [i], outcomes):
-                outcomes[i] = Outcome(None, PROCESS_DIED.format("its process exited abruptly"), 0.0)
+                outcomes[i] = Outcome(None, PROCESS_DIED.format("its process exited abruptly"), 0.0, "decode")
         return [o for o in outcomes if o is not None]
 
     def _each(self, blobs: list[bytes], indices: list[int], outcomes: list[Outcome | None]) -> list[int]:

@@ -45,6 +45,7 @@ class WorkerState:
     preprocess_workers: int = 0  # processes preparing its batches (0: the model's thread)
     swept_at: float | None = None  # when its sweeper thread last ran: swept, or found another worker's sweep
     sweep_error: str | None = None  # why its last sweep failed (None when it worked)
+    metrics_port: int | None = None  # where it serves /metrics and /healthz (None: INKQ_METRICS_PORT=0, off)
     at: float = 0.0  # when this state was written
     extra: dict[str, Any] = field(default_factory=dict)  # fields written by newer workers
 

@@ -27,6 +27,7 @@ from storage.keys import Keys
 from storage.utils import as_text
 from tests.conftest import BIN, MnistArrays, WorkerProcess, write_digits
 from tests.hostile import Expect, write_corpus
+from worker.metrics import WorkerMetrics
 from worker.replica import Replica
 
 LIMITS = {"max_bytes": Settings().max_image_bytes, "max_pixels": Settings().max_image_pixels}
@@ -111,6 +112,7 @@ def test_any_exception_in_preprocessing_fails_that_item_alone(monkeypatch: pytes
     replica.settings, replica.engine = Settings(), _Engine()  # type: ignore[assignment]
     replica.jobs = _Images()  # type: ignore[assignment]
     replica.prep = Preprocessor(0, max_bytes=10**6, max_pixels=10**6)
+    replica.metrics = WorkerMetrics()
     good = np.zeros((1, 28, 28), np.float32)
     raised = {b"key": KeyError("XResolution"), b"zero": ZeroDivisionError("division by zero")}
 

@@ -21,7 +21,7 @@ from typing import Any
 from celery import Task, signals
 from celery.exceptions import Reject, Retry
 
-from config.errors import ModelStalledError, UnsafeStoreError
+from config.errors import ConfigError, ModelStalledError, UnsafeStoreError
 from config.logs import apply_format, configure
 from config.settings import load_settings
 from storage import workers
@@ -29,8 +29,9 @@ from storage.connection import connect
 from storage.deadletters import DeadLetter, DeadLetters
 from storage.queue import TASK_NAME, make_app
 from storage.redis_checks import check_store
-from worker import delivery
+from worker import delivery, metrics_http
 from worker.delivery import Action
+from worker.metrics import WorkerMetrics
 from worker.replica import Replica
 from worker.sweeping import SweepThread
 from worker.visibility import VisibilityKeeper, held_delivery_tags
@@ -42,6 +43,8 @@ app = make_app(settings)
 _replica: Replica | None = None
 _keeper: VisibilityKeeper | None = None
 _sweeper: SweepThread | None = None
+_metrics = WorkerMetrics()
+_metrics_server: metrics_http.MetricsServer | None = None
 # A pause before a message goes back to the queue, so that a broken worker does not spin on it.
 RELEASE_PAUSE_S = 1.0
 
@@ -49,7 +52,7 @@ RELEASE_PAUSE_S = 1.0
 def replica() -> Replica:
     global _replica  # noqa: PLW0603 - one model replica per process, built once
     if _replica is None:
-        _replica = Replica(settings)
+        _replica = Replica(settings, _metrics)
     return _replica
 
 
@@ -67,12 +70,16 @@ def _load_model(**_: Any) -> None:
     # log in INKQ_LOG_FORMAT too.
     configure(settings)
     logging.getLogger().setLevel(settings.log_level.upper())
+    global _metrics_server  # noqa: PLW0603 - one endpoint per process
     try:
+        metrics_http.check(settings)
         check_store(connect(settings), settings, "worker")
-    except UnsafeStoreError as exc:
+        # Up before the model loads, so that /healthz says "loading" rather than nothing.
+        _metrics_server = metrics_http.serve(settings, _metrics.registry, lambda: metrics_http.replica_health(_replica))
+    except (ConfigError, UnsafeStoreError) as exc:
         log.critical("%s", exc)
         raise SystemExit(1) from exc  # Celery only logs ordinary exceptions raised by signal handlers
-    replica()
+    replica().metrics_port = _metrics_server.port if _metrics_server else None
 
 
 @signals.worker_ready.connect
@@ -96,6 +103,8 @@ def _close(**_: Any) -> None:
         _sweeper.stop()
     if _replica is not None:
         _replica.close()
+    if _metrics_server is not None:
+        _metrics_server.close()
 
 
 @app.task(name=TASK_NAME, bind=True)
@@ -106,7 +115,8 @@ def recognize(self: Task, *args: Any, **kwargs: Any) -> int:
     than failing inside Celery, where it would be acknowledged and its job never completed.
     """
     try:
-        return _deliver(self, args, kwargs)
+        with _metrics.in_flight.track_inprogress():
+            return _deliver(self, args, kwargs)
     except (Reject, Retry):
         raise
     except Exception as exc:  # Redis itself failed: the message cannot even be counted; keep it
@@ -159,6 +169,8 @@ def _dead_letter(
     job, raw_items, usable = delivery.salvage(args, kwargs)
     error = error[:2000]
     letters.add(DeadLetter(task_id, job, raw_items, attempts, error, time.time()))
+    _metrics.dead_lettered.inc()
+    _metrics.failed("dead_letter", len(usable) if job is not None else 0)
     log.error(
         "message %s of job %s dead-lettered after %d attempt(s): %s",
         task_id,

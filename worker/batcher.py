@@ -46,11 +46,19 @@ class _Pending(Generic[In, Out]):
 
 class Batcher(Generic[In, Out]):
     def __init__(
-        self, run: Callable[[list[In]], Sequence[Out]], *, max_batch: int, max_wait_s: float, name: str = "batcher"
+        self,
+        run: Callable[[list[In]], Sequence[Out]],
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        name: str = "batcher",
+        on_flush: Callable[[str], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._run = run
+        # Told why each batch was flushed (full, deadline or stop), for the worker's metrics.
+        self._on_flush = on_flush
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self._pending: deque[_Pending[In, Out]] = deque()
@@ -82,6 +90,11 @@ class Batcher(Generic[In, Out]):
         with self._cond:
             busy = bool(self._pending) or self._running > 0
             return time.monotonic() - self._progress if busy else 0.0
+
+    def oldest_wait_s(self) -> float:
+        """Seconds the oldest image not yet in a batch has waited; 0 when none waits."""
+        with self._cond:
+            return time.monotonic() - self._pending[0].since if self._pending else 0.0
 
     def gather(
         self, futures: Sequence[Future[tuple[Out, BatchInfo]]], stall_after_s: float, poll_s: float = 1.0
@@ -121,7 +134,10 @@ class Batcher(Generic[In, Out]):
                 self._cond.wait(left)
             batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
             self._running = len(batch)
-            return batch
+            reason = "full" if len(batch) == self.max_batch else "stop" if self._stopped else "deadline"
+        if self._on_flush is not None:
+            self._on_flush(reason)
+        return batch
 
     def _done(self) -> None:
         with self._cond:

@@ -36,6 +36,7 @@ from storage.jobs import ItemResult, Jobs
 from storage.keys import Keys
 from storage.registry import Registry
 from worker.batcher import Batcher
+from worker.metrics import WorkerMetrics
 from worker.results import Served, log_message, result_body
 from worker.versions import Refusals, check_preprocess, watch_announcements
 
@@ -48,8 +49,10 @@ VERSION_CHECK_S = 10.0
 
 
 class Replica:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: WorkerMetrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics or WorkerMetrics()
+        self.metrics_port: int | None = None  # where worker/metrics_http.py serves them, for the heartbeat
         self.keys = Keys(settings.key_prefix)
         self.redis = connect(settings)
         self.jobs = Jobs(self.redis, self.keys, settings.result_ttl_s)
@@ -58,10 +61,18 @@ class Replica:
         self.engine = self._build(None)
         self.warm_s = self.engine.warm_seconds
         max_batch = min(settings.max_batch, self.engine.max_batch)
+        flushes = self.metrics.batch_flushes
         self.batcher: Batcher[str, Served] = Batcher(
-            self._run, max_batch=max_batch, max_wait_s=settings.max_wait_ms / 1000, name="inkq-model"
+            self._run,
+            max_batch=max_batch,
+            max_wait_s=settings.max_wait_ms / 1000,
+            name="inkq-model",
+            on_flush=lambda reason: flushes.labels(reason=reason).inc(),
         )
         self.prep = self._preprocessor()
+        self.metrics.watch_oldest(self.batcher.oldest_wait_s)
+        self.metrics.preprocess_processes.set(self.prep.workers)
+        self.metrics.serving(self.engine.version, self.warm_s)
         self.items_served = 0
         self.refusals = Refusals()  # versions that failed to load or warm, by (name, sha256)
         self.refused: dict[str, str] = {}  # the same, by name, for the heartbeat
@@ -106,6 +117,7 @@ class Replica:
             if blob is None:
                 out[i] = Served(None, None, MISSING_IMAGE, fetch_ms=fetch_ms)
         outcomes = self.prep.map([blob for blob in blobs if blob is not None])
+        self.metrics.prepared(len(digests), len(digests) - len(present), outcomes)
         inputs: list[np.ndarray] = []
         slots: list[tuple[int, float]] = []
         for i, outcome in zip(present, outcomes, strict=True):
@@ -116,8 +128,13 @@ class Replica:
                 slots.append((i, outcome.ms))
         if inputs:
             start = time.perf_counter()
-            predictions = engine.predict(torch.from_numpy(np.stack(inputs)))
+            try:
+                predictions = engine.predict(torch.from_numpy(np.stack(inputs)))
+            except Exception:  # the batch's messages are retried: counted here, raised on
+                self.metrics.failed("model", len(inputs))
+                raise
             model_ms = (time.perf_counter() - start) * 1000
+            self.metrics.recognised(len(inputs), model_ms / 1000)
             for (i, pre_ms), p in zip(slots, predictions, strict=True):
                 out[i] = Served(p, engine.version, None, pre_ms, model_ms, fetch_ms)
         return [s for s in out if s is not None]
@@ -136,6 +153,7 @@ class Replica:
             self._record_skip(len(ready))
             return 0
         queue_ms = round((received - sent_at) * 1000, 3)
+        self.metrics.queue_wait.observe(max(0.0, queue_ms / 1000))
         futures = self.batcher.submit([digest for _, digest, _ in ready])
         outputs = self.batcher.gather(futures, self.settings.stall_timeout_s)
         results: list[ItemResult] = []
@@ -211,12 +229,15 @@ class Replica:
             log.info("model %s is no longer current; staying on %s", version, self.engine.version)
             return False
         old, self.engine, self.serving = self.engine, engine, self._built
+        self.metrics.swaps.inc()
+        self.metrics.serving(engine.version, engine.warm_seconds)
         log.info("switched from model %s to %s", old.version, engine.version)
         self._beat()
         return True
 
     def _refuse(self, version: str, sha256: str, exc: BaseException) -> bool:
         refusal = self.refusals.refuse(version, sha256, exc)
+        self.metrics.swap_refusals.inc()
         self.refused = self.refusals.snapshot()
         retry = "never retried" if refusal.permanent else f"retried with backoff (attempt {refusal.attempts})"
         log.error("not switching to model %s, still serving %s (%s): %s", version, self.engine.version, retry, exc)
@@ -259,6 +280,7 @@ class Replica:
             preprocess_workers=self.prep.workers,
             swept_at=self.sweep_health.get("swept_at"),
             sweep_error=self.sweep_health.get("sweep_error"),
+            metrics_port=self.metrics_port,
         )
         workers.write(self.redis, self.keys, state, HEARTBEAT_S * 3)
 

@@ -14,6 +14,7 @@ from config.cli import Group, emit_json, setup
 from config.settings import Settings, env_var
 from producer.client import Client, count_candidates
 from producer.deadletters import dead_letters
+from producer.healthcli import health, probe_command
 from producer.jobcli import announce, cancel, check_settled, hint, resumable_on_interrupt
 from producer.labelcli import label, review
 from producer.progress import Mode, follow, mode_for
@@ -286,7 +287,7 @@ def finetune_demo_command(settings: Settings, labels: int, test: int, epochs: in
     emit_json(summary)
 
 
-for command in (cancel, label, review, dead_letters, sweep):
+for command in (cancel, label, review, dead_letters, sweep, health, probe_command):
     cli.add_command(command)
 
 

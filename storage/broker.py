@@ -19,7 +19,7 @@ import redis
 
 from storage.keys import Keys
 
-__all__ = ["PRIORITY_SEPARATOR", "InFlight", "in_flight", "message_job"]
+__all__ = ["PRIORITY_SEPARATOR", "InFlight", "depth", "in_flight", "message_job"]
 
 # kombu's separator between a queue's name and its priority step (kombu.transport.redis.Channel.sep),
 # and its default steps: priority lists exist only for messages sent with a priority.
@@ -70,8 +70,23 @@ def in_flight(client: redis.Redis, keys: Keys, queue: str) -> InFlight:
     return found
 
 
+def depth(client: redis.Redis, keys: Keys, queue: str) -> dict[str, int]:
+    """Messages waiting in ``queue`` (all priority lists) and delivered but not yet acknowledged
+    (by any queue's consumers: kombu keeps one unacked hash), in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    for key in _lists(keys, queue):
+        pipe.llen(key)
+    pipe.hlen(keys.broker_unacked)
+    *waiting, unacked = pipe.execute()
+    return {"queued": int(sum(waiting)), "unacked": int(unacked)}
+
+
+def _lists(keys: Keys, queue: str) -> list[str]:
+    return [keys.queue_list(queue)] + [keys.queue_list(f"{queue}{PRIORITY_SEPARATOR}{p}") for p in PRIORITY_STEPS]
+
+
 def _messages(client: redis.Redis, keys: Keys, queue: str) -> Iterator[bytes | str]:
-    lists = [keys.queue_list(queue)] + [keys.queue_list(f"{queue}{PRIORITY_SEPARATOR}{p}") for p in PRIORITY_STEPS]
+    lists = _lists(keys, queue)
     for key in lists:
         start = 0
         while page := client.lrange(key, start, start + PAGE - 1):

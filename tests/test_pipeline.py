@@ -141,6 +141,11 @@ def test_sigkilled_worker_loses_nothing(
         "worker_threads": "2",
         "prefetch_multiplier": "2",
         "max_wait_ms": "1",
+        # A message the kill catches between kombu's BRPOP and its unacked record is lost to the
+        # broker: the sweeper requeues it about 10 s after the job's last result.
+        "sweep_interval_s": "2",
+        "sweep_stall_s": "10",
+        "lock_ttl_s": "5",
     }
     truth = write_digits(tmp_path / "scans", mnist_test[0][:300], mnist_test[1][:300])
     client = Client(Settings(redis_url=redis_url, chunk_size=10))

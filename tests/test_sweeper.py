@@ -35,7 +35,15 @@ from storage.utils import as_text
 from tests.conftest import BIN, MnistArrays, WorkerProcess, wait_for, write_digits
 
 KEYS = Keys()
-NOW = time.time() + 60  # sweeps are given their clock: a little ahead of the jobs the tests create
+# Sweeps are given their clock: a little ahead of the jobs a test creates. Set again before each
+# test (a value from import time falls behind the jobs of a test that runs minutes later).
+NOW = time.time() + 60
+
+
+@pytest.fixture(autouse=True)
+def _clock() -> None:
+    global NOW  # noqa: PLW0603
+    NOW = time.time() + 60
 
 
 class Sent:
@@ -91,8 +99,8 @@ def producer_sweep(env: dict[str, str], *args: str) -> subprocess.CompletedProce
     )
 
 
-def view(done: int = 3, updated: str = "", state: str | None = "queued", created: float = NOW - 100) -> JobView:
-    return JobView("j", state, 10, done, created, updated, 4)
+def view(done: int = 3, updated: str = "", state: str | None = "queued", created: float | None = None) -> JobView:
+    return JobView("j", state, 10, done, NOW - 100 if created is None else created, updated, 4)
 
 
 def test_decision_rules() -> None:

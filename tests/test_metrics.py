@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -185,8 +186,21 @@ def test_health_says_loading_then_stalled() -> None:
 
     replica = Replica.__new__(Replica)
     replica.settings, replica.batcher = Settings(stall_timeout_s=120), _Stalled()  # type: ignore[assignment]
+    replica.last_beat_ok = time.monotonic()
     ok, reason = metrics_http.replica_health(replica)
     assert not ok and "stalled" in reason and "INKQ_STALL_TIMEOUT_S" in reason
+
+
+def test_health_fails_when_redis_stopped_taking_heartbeats() -> None:
+    class _Idle:
+        def stalled_for(self) -> float:
+            return 0.0
+
+    replica = Replica.__new__(Replica)
+    replica.settings, replica.batcher = Settings(), _Idle()  # type: ignore[assignment]
+    replica.last_beat_ok = time.monotonic() - metrics_http.REDIS_SILENT_S - 5
+    ok, reason = metrics_http.replica_health(replica)
+    assert not ok and reason.startswith("Redis unreachable: no heartbeat written for")
 
 
 def producer(env: dict[str, str], *args: str) -> str:

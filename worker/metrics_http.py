@@ -4,7 +4,7 @@ Off unless INKQ_METRICS_PORT names a port; then INKQ_METRICS_TOKEN is required, 
 metrics tell anyone who reads them the model version, the load and the failure rates. The token
 is compared in constant time and never logged. ``/healthz`` needs no token (probes rarely carry
 one) and says only whether the worker can serve: 200 when its model is loaded, warm and not
-stalled, 503 otherwise, with the reason in a small JSON body.
+stalled and Redis took its last heartbeats, 503 otherwise, with the reason in a small JSON body.
 
 Served by wsgiref on a daemon thread, one thread per request, so a slow scraper cannot hold up
 a probe; the model and message threads never wait for it.
@@ -16,6 +16,7 @@ import hmac
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
@@ -55,10 +56,19 @@ def check(settings: Settings) -> None:
         )
 
 
+# /healthz fails once Redis has refused this many heartbeats in a row: read from the heartbeat's
+# last success, so a probe never waits on a Redis timeout itself.
+REDIS_SILENT_S = 15.0  # three of worker/replica.py's HEARTBEAT_S
+
+
 def replica_health(replica: Replica | None) -> tuple[bool, str]:
-    """Healthy when the model is loaded and warm (the replica exists) and has not stalled."""
+    """Healthy when the model is loaded and warm (the replica exists), has not stalled, and Redis
+    took the worker's last heartbeats."""
     if replica is None:
         return False, "model loading and warming"
+    silent = time.monotonic() - replica.last_beat_ok
+    if silent > REDIS_SILENT_S:
+        return False, f"Redis unreachable: no heartbeat written for {silent:.0f}s"
     stalled = replica.batcher.stalled_for()
     if stalled > replica.settings.stall_timeout_s:
         return False, f"model stalled: no batch completed for {stalled:.0f}s while images wait (INKQ_STALL_TIMEOUT_S)"

@@ -70,6 +70,7 @@ class Replica:
             on_flush=lambda reason: flushes.labels(reason=reason).inc(),
         )
         self.prep = self._preprocessor()
+        self.last_beat_ok = time.monotonic()
         self.metrics.watch_oldest(self.batcher.oldest_wait_s)
         self.metrics.preprocess_processes.set(self.prep.workers)
         self.metrics.serving(self.engine.version, self.warm_s)
@@ -283,6 +284,7 @@ class Replica:
             metrics_port=self.metrics_port,
         )
         workers.write(self.redis, self.keys, state, HEARTBEAT_S * 3)
+        self.last_beat_ok = time.monotonic()  # /healthz: Redis answered a moment ago
 
     def _beat_forever(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):

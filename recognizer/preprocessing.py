@@ -98,6 +98,7 @@ class Preprocessor:
         self.limits = (max_bytes, max_pixels)
         self._pool: ProcessPoolExecutor | None = None
         self.pids: set[int] = set()
+        self._broken = False  # a process died: the pool must be replaced before its next use
         self.rebuilds = 0  # pools replaced after a process died
         if workers > 0:
             self._pool = self._new_pool()
@@ -118,6 +119,7 @@ class Preprocessor:
         try:
             return [outcome for future in futures for outcome in future.result()]
         except BrokenProcessPool:
+            self._broken = True
             return self._isolate(blobs)
 
     def _isolate(self, blobs: list[bytes]) -> list[Outcome]:
@@ -133,12 +135,13 @@ class Preprocessor:
         return [o for o in outcomes if o is not None]
 
     def _each(self, blobs: list[bytes], indices: list[int], outcomes: list[Outcome | None]) -> list[int]:
-        """Prepare ``indices`` one per task on a fresh pool, filling ``outcomes``; returns those
-        whose task was lost to a process that died."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-        self.rebuilds += 1
-        self._pool = self._new_pool()
+        """Prepare ``indices`` one per task, on a new pool if a process died, filling ``outcomes``;
+        returns those whose task was lost to a process that died."""
+        if self._broken or self._pool is None:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+            self.rebuilds += 1
+            self._pool, self._broken = self._new_pool(), False
         futures: dict[int, Future[list[Outcome]]] = {
             i: self._pool.submit(self.task, [blobs[i]], *self.limits) for i in indices
         }
@@ -147,6 +150,7 @@ class Preprocessor:
             try:
                 outcomes[i] = future.result()[0]
             except BrokenProcessPool:
+                self._broken = True
                 lost.append(i)
         return lost
 

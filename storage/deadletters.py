@@ -81,5 +81,8 @@ class DeadLetters:
         letters = [DeadLetter(**json.loads(raw)) for raw in self.redis.hvals(self.keys.dead_letters)]
         return sorted(letters, key=lambda d: (d.at, d.task_id))
 
+    def count(self) -> int:
+        return int(self.redis.hlen(self.keys.dead_letters))
+
     def remove(self, task_id: str) -> bool:
         return bool(self.redis.hdel(self.keys.dead_letters, task_id))

@@ -67,7 +67,7 @@ def snapshot(client: redis.Redis, keys: Keys, queue: str, dead_letter_ttl_s: int
         current_model=Registry(client, keys).current(),
         jobs_in_progress=progress[:JOBS_SHOWN],
         jobs_in_progress_total=len(progress),
-        dead_letters=len(DeadLetters(client, keys, dead_letter_ttl_s).all()),
+        dead_letters=DeadLetters(client, keys, dead_letter_ttl_s).count(),
     )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ import pytest
 
 from config import ConfigError, Settings
 from config.errors import BlankImageError, ImageTooLargeError
+from producer.local import free_port
 from recognizer import scan
 from recognizer.engine import Prediction
 from recognizer.preprocessing import Preprocessor
@@ -208,12 +208,6 @@ def producer(env: dict[str, str], *args: str) -> str:
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     return done.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.integration

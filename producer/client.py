@@ -24,6 +24,7 @@ from typing import Any
 from config.errors import ImageError, InkqError
 from config.settings import Settings, load_settings
 from producer.export import export_review
+from producer.fieldopts import check_reading
 from producer.files import Found, find_images, read_capped
 from producer.labelling import Candidate, LabelError, parse_label, validate
 from recognizer import scan
@@ -89,13 +90,18 @@ class Client:
         progress: Callable[[int], None] | None = None,
         started: Callable[[str, int], None] | None = None,
         resume: str | None = None,
+        read: dict[str, Any] | None = None,
     ) -> SubmitReport:
         """Validate and store every image under ``paths``, create a job and queue its items.
+        ``read`` (``{"kind": "field", "rule": {...}}``, see producer/fieldopts.py) reads each
+        image as a field of digits instead of one character.
 
         The job and its manifest exist before the first message is queued; ``started(job,
         items)`` is called then, so a caller can tell the user which job to resume should the
         submit stop half-way. With ``resume=JOB`` the paths are ignored: see ``resume``.
         """
+        if read:
+            check_reading(read)
         if resume is not None:
             return self.resume(resume, wait_for_room=wait_for_room, room_timeout=room_timeout, started=started)
         items: list[tuple[int, str, str]] = []
@@ -133,7 +139,8 @@ class Client:
                 f"{', '.join(sorted(scan.SUPPORTED_SUFFIXES))}); {len(rejected)} rejected{reasons}"
             )
         token = uuid.uuid4().hex
-        job = self.lifecycle.begin(items, self.settings.chunk_size, {"paths": paths[:20]}, token)
+        meta: dict[str, Any] = {"paths": paths[:20]} | ({"read": read} if read else {})
+        job = self.lifecycle.begin(items, self.settings.chunk_size, meta, token)
         plan = (len(items), self.settings.chunk_size, set[int]())
         sent = self._queue(job, token, plan, wait_for_room, room_timeout, started)
         return SubmitReport(job, len(items), stored, rejected, sent)

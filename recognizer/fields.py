@@ -42,7 +42,7 @@ from recognizer.segment import (
     width,
 )
 
-__all__ = ["CharReading", "FieldReading", "ReaderParams", "read_fields"]
+__all__ = ["CharReading", "FieldReading", "ReaderParams", "candidates", "read_fields"]
 
 Box = tuple[int, int, int, int]
 # A crop with more separate marks than this is not one field (a page, or noise).
@@ -184,7 +184,9 @@ def _decode(plan: _Plan, preds: list[Prediction], p: ReaderParams) -> FieldReadi
             best[j], back[j] = best[j - 1] - plan.skippable[j - 1], (j - 1, -1)
         for k in ending.get(j, []):
             i = plan.spans[k][0]
-            score = best[i] + math.log(max(preds[k].confidence, 1e-12)) + plan.prior[k] + p.bonus
+            # The chance this span is one character and that character is its best digit.
+            likely = preds[k].confidence * (1.0 - preds[k].reject)
+            score = best[i] + math.log(max(likely, 1e-12)) + plan.prior[k] + p.bonus
             if best[i] > -math.inf and score > best[j]:
                 best[j], back[j] = score, (i, k)
     chosen: list[int] = []
@@ -200,6 +202,13 @@ def _decode(plan: _Plan, preds: list[Prediction], p: ReaderParams) -> FieldReadi
     ]
     confidence = math.prod(c.confidence for c in chars) if chars else 0.0
     return FieldReading("".join(str(c.label) for c in chars), chars, confidence, plan.layout)
+
+
+def candidates(image: np.ndarray, params: ReaderParams | None = None) -> tuple[str, list[np.ndarray], list[Box]]:
+    """The layout the reader found and every candidate character it would classify: the network's
+    inputs and their boxes in the crop's pixels. For cutting training characters out of fields."""
+    plan = _plan(image, params or ReaderParams())
+    return plan.layout, plan.inputs, plan.boxes
 
 
 def read_fields(

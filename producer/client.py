@@ -37,7 +37,7 @@ from storage.lifecycle import Lifecycle
 from storage.redis_checks import check_store
 
 # What `producer review` shows of each result marked for review.
-REVIEW_FIELDS = ("item", "digest", "label", "confidence", "top3")
+REVIEW_FIELDS = ("item", "digest", "label", "confidence", "top3", "text", "review_reasons")
 # Images are read, hashed and stored in groups this size: one Redis round trip per group.
 STORE_GROUP = 256
 
@@ -245,7 +245,8 @@ class Client:
     def correct(self, job: str, item: str, label: str) -> dict[str, Any]:
         """Label one item of a job: ``item`` is its index or its path as submitted, looked up in
         the job's manifest, so it works before the item has a result (``was`` is then None)."""
-        target = parse_label_or_raise(label)
+        # A field job's item is corrected with the field's text; a digit job's with a digit.
+        target = parse_label_or_raise(label, fields=self.jobs.reading(job).get("kind") == "field")
         found = self.jobs.item(job, item)
         if found is None:
             raise LabelError(
@@ -258,7 +259,8 @@ class Client:
             raise LabelError(f"the image of {item!r} has expired (INKQ_RESULT_TTL_S); label it from its file")
         self.labels.add([(digest, data, target, path)], source=f"correction:{job}")
         self.jobs.unmark_review(job, index)
-        return {"job": job, "index": index, "item": path, "label": target, "was": row["label"] if row else None}
+        was = (row.get("text") if row.get("kind") == "field" else row.get("label")) if row else None
+        return {"job": job, "index": index, "item": path, "label": target, "was": was}
 
     def review(self, job: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """Results marked for review (low confidence) whose image nobody has labelled yet."""
@@ -299,9 +301,9 @@ class Client:
         return status.as_dict() | {"cancelled_items": cancelled or 0, "was_complete": cancelled is None}
 
 
-def parse_label_or_raise(raw: str) -> int:
+def parse_label_or_raise(raw: str, *, fields: bool) -> int | str:
     try:
-        return parse_label(raw)
+        return parse_label(raw, fields=fields)
     except ValueError as exc:
         raise LabelError(str(exc)) from exc
 

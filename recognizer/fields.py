@@ -42,7 +42,7 @@ from recognizer.segment import (
     width,
 )
 
-__all__ = ["CharReading", "FieldReading", "ReaderParams", "candidates", "read_fields"]
+__all__ = ["CharReading", "FieldReading", "ReaderParams", "aligned_cuts", "candidates", "read_fields"]
 
 Box = tuple[int, int, int, int]
 # A crop with more separate marks than this is not one field (a page, or noise).
@@ -170,8 +170,9 @@ def _plan(image: np.ndarray, p: ReaderParams) -> _Plan:
     return plan
 
 
-def _decode(plan: _Plan, preds: list[Prediction], p: ReaderParams) -> FieldReading:
-    """The best reading of one field: dynamic programming over its pieces."""
+def _best(plan: _Plan, preds: list[Prediction], p: ReaderParams) -> list[int]:
+    """The spans of the best reading of one field, left to right: dynamic programming over its
+    pieces, where each piece is read within one span or skipped as dust."""
     n = len(plan.pieces)
     best = [-math.inf] * (n + 1)
     back: list[tuple[int, int] | None] = [None] * (n + 1)  # (previous end, span index or -1 for a skip)
@@ -196,12 +197,29 @@ def _decode(plan: _Plan, preds: list[Prediction], p: ReaderParams) -> FieldReadi
         if k >= 0:
             chosen.append(k)
         j = i
+    return sorted(chosen, key=lambda k: plan.spans[k][0])
+
+
+def _decode(plan: _Plan, preds: list[Prediction], p: ReaderParams) -> FieldReading:
     chars = [
-        CharReading(preds[k].label, preds[k].confidence, preds[k].top3, plan.boxes[k])
-        for k in sorted(chosen, key=lambda k: plan.spans[k][0])
+        CharReading(preds[k].label, preds[k].confidence, preds[k].top3, plan.boxes[k]) for k in _best(plan, preds, p)
     ]
     confidence = math.prod(c.confidence for c in chars) if chars else 0.0
     return FieldReading("".join(str(c.label) for c in chars), chars, confidence, plan.layout)
+
+
+def aligned_cuts(
+    image: np.ndarray, text: str, engine: Predictor, params: ReaderParams | None = None
+) -> list[np.ndarray] | None:
+    """The network inputs of the characters of a field whose true ``text`` a person gave: the
+    best reading's cuts, when it finds as many characters as the text has (then the i-th cut is
+    the i-th character, whatever it was read as); None when the cuts cannot be trusted."""
+    p = params or ReaderParams()
+    plan = _plan(image, p)
+    if not plan.inputs:
+        return None
+    chosen = _best(plan, engine.predict(plan.inputs), p)
+    return [plan.inputs[k] for k in chosen] if len(chosen) == len(text) else None
 
 
 def candidates(image: np.ndarray, params: ReaderParams | None = None) -> tuple[str, list[np.ndarray], list[Box]]:

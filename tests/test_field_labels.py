@@ -57,10 +57,8 @@ def test_field_texts_are_stored_from_a_csv_and_cut_into_aligned_characters(
     assert data.split.images.shape == (9, 1, 28, 28)
     assert float(data.split.images.min()) >= 0.0 and float(data.split.images.max()) <= 1.0
     # The cuts are characters the network can read: most read as their aligned digit.
-    right = sum(
-        p.label == int(y)
-        for p, y in zip(knn.predict(list(((data.split.images - 0.1307) / 0.3081).numpy())), data.split.labels)
-    )
+    inputs = list(((data.split.images - 0.1307) / 0.3081).numpy())
+    right = sum(p.label == int(y) for p, y in zip(knn.predict(inputs), data.split.labels, strict=True))
     assert right >= 7, right
 
 

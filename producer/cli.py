@@ -219,6 +219,15 @@ def demo_options(command: Callable[..., None]) -> Callable[..., None]:
     show_envvar=True,
     help="How many MNIST test digits to write and submit.",
 )
+@click.option(
+    "--fields",
+    type=click.IntRange(min=0),
+    default=200,
+    show_default=True,
+    envvar="INKQ_DEMO_FIELDS",
+    show_envvar=True,
+    help="Generated fields read after the digits (half comb-box ZIP codes, half free numbers).",
+)
 @demo_options
 @click.option(
     "--keep",
@@ -229,11 +238,13 @@ def demo_options(command: Callable[..., None]) -> Callable[..., None]:
 )
 @click.option("--json", "as_json", is_flag=True, envvar="INKQ_JSON", show_envvar=True)
 @click.pass_obj
-def demo_command(settings: Settings, count: int, epochs: int, data_root: str | None, keep: bool, as_json: bool) -> None:
-    """Run the whole pipeline on this machine: Redis, model, worker, a few hundred digits."""
+def demo_command(
+    settings: Settings, count: int, fields: int, epochs: int, data_root: str | None, keep: bool, as_json: bool
+) -> None:
+    """Run the whole pipeline on this machine: Redis, model, worker, digits and fields."""
     from producer.demo import demo
 
-    summary = demo(settings.replace(data_root=data_root), count=count, epochs=epochs, keep=keep)
+    summary = demo(settings.replace(data_root=data_root), count=count, epochs=epochs, keep=keep, fields=fields)
     if as_json:
         emit_json(summary)
         return
@@ -243,6 +254,8 @@ def demo_command(settings: Settings, count: int, epochs: int, data_root: str | N
         f"{summary['images_per_second']:.0f} images/s end to end ({summary['seconds']:.2f}s from submit to the "
         f"last result; {summary['batches']} batches, largest {summary['largest_batch']})"
     )
+    for kind, f in summary["fields"].items():
+        click.echo(f"{f['fields']} {kind} fields: {f['exact']:.1%} read exactly, {f['review']} marked for review")
 
 
 @cli.command("finetune-demo")

@@ -34,7 +34,7 @@ from trainer.base import bf16_agreement
 from trainer.data import Split, load_split, split_validation
 from trainer.distributed import World, setup, teardown
 from trainer.labelled import labelled_split
-from trainer.training import TrainConfig, fit, fit_temperature, predict_logits
+from trainer.training import TrainConfig, digits_of, fit, fit_temperature, predict_logits
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def interpolate_towards_parent(
 def accuracy(model: torch.nn.Module, split: Split) -> float:
     if len(split) == 0:
         return float("nan")
-    return float((predict_logits(model, split.images).argmax(1) == split.labels).float().mean())
+    return float((digits_of(predict_logits(model, split.images)) == split.labels).float().mean())
 
 
 def retrain(settings: Settings, registry: Registry, labels: Labels, *, progress: bool = False) -> dict[str, Any]:

@@ -99,9 +99,9 @@ class _Plan:
     pieces: list[Piece]
     spans: list[tuple[int, int]]
     inputs: list[np.ndarray]
-    prior: list[float]  # per span: its shape's log-prior
+    shape: list[tuple[float, float]]  # per span: its height and width, in text heights
     boxes: list[Box]
-    skippable: list[float]  # per piece: the cost of leaving it unread
+    sizes: list[float]  # per piece: its ink, in units of a character's (the cost of leaving it unread)
     fixed: bool  # comb: each piece is one character
 
 
@@ -153,21 +153,27 @@ def _plan(image: np.ndarray, p: ReaderParams) -> _Plan:
         raise BlankImageError("only specks of ink found: nothing the size of a character")
     plan = _Plan(frame.kind, pieces, [], [], [], [], [], fixed)
     for q in pieces:
-        plan.skippable.append(p.skip_cost + len(q.ys) / (0.05 * height * height))
+        plan.sizes.append(len(q.ys) / (0.05 * height * height))
     for i, j in spans:
         span_ys, span_xs = join(pieces[i:j])
         try:
             x = render(clean, span_ys, span_xs)
         except BlankImageError:
             continue  # too faint to be a character alone: only its neighbours' runs can hold it
-        tall = (span_ys.max() - span_ys.min() + 1) / height
-        wide = width(pieces[i:j]) / height
-        prior = -p.short_cost * max(0.0, p.short - tall) - p.wide_cost * max(0.0, wide - p.wide)
+        shape = (float(span_ys.max() - span_ys.min() + 1) / height, width(pieces[i:j]) / height)
         plan.spans.append((i, j))
         plan.inputs.append(x)
-        plan.prior.append(0.0 if fixed else prior)
+        plan.shape.append(shape)
         plan.boxes.append(_box(ink.to_original, ink.shape, span_ys, span_xs))
     return plan
+
+
+def _prior(plan: _Plan, k: int, p: ReaderParams) -> float:
+    """Span k's log-prior from its shape: a comb's cells fix the characters, so none there."""
+    if plan.fixed:
+        return 0.0
+    tall, wide = plan.shape[k]
+    return -p.short_cost * max(0.0, p.short - tall) - p.wide_cost * max(0.0, wide - p.wide)
 
 
 def _best(plan: _Plan, preds: list[Prediction], p: ReaderParams) -> list[int]:
@@ -181,13 +187,14 @@ def _best(plan: _Plan, preds: list[Prediction], p: ReaderParams) -> list[int]:
     for k, (_, j) in enumerate(plan.spans):
         ending.setdefault(j, []).append(k)
     for j in range(1, n + 1):
-        if best[j - 1] > -math.inf and best[j - 1] - plan.skippable[j - 1] > best[j]:
-            best[j], back[j] = best[j - 1] - plan.skippable[j - 1], (j - 1, -1)
+        skip = p.skip_cost + plan.sizes[j - 1]
+        if best[j - 1] > -math.inf and best[j - 1] - skip > best[j]:
+            best[j], back[j] = best[j - 1] - skip, (j - 1, -1)
         for k in ending.get(j, []):
             i = plan.spans[k][0]
             # The chance this span is one character and that character is its best digit.
             likely = preds[k].confidence * (1.0 - preds[k].reject)
-            score = best[i] + math.log(max(likely, 1e-12)) + plan.prior[k] + p.bonus
+            score = best[i] + math.log(max(likely, 1e-12)) + _prior(plan, k, p) + p.bonus
             if best[i] > -math.inf and score > best[j]:
                 best[j], back[j] = score, (i, k)
     chosen: list[int] = []

@@ -117,7 +117,7 @@ def reading_sheet(fields: list[Field], readings: list[FieldReading | None], path
         for k, tile in enumerate(row):
             sheet.paste(tile, (gap + k * (width + gap), y))
         y += max(t.height for t in row) + gap
-    sheet.save(path)
+    sheet.quantize(colors=64).save(path, optimize=True)  # a small file for the README
 
 
 def _single_digits(engine: Engine, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:

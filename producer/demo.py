@@ -45,6 +45,7 @@ from storage.keys import Keys
 from storage.registry import Registry
 
 STATE_DIR = Path(".inkq")
+DEMO_FIELD_STAGE = 1500  # generated fields in the demo model's field stage (trainer train: 5000)
 
 
 def say(message: str) -> None:
@@ -69,7 +70,10 @@ def pipeline(settings: Settings, epochs: int) -> Iterator[tuple[dict[str, str], 
         registry = Registry(connect(url), Keys(settings.key_prefix))
         if registry.current() is None:
             say(f"no model in the registry yet: training a short base model ({epochs} epochs) from {data_root}")
-            run([*script("trainer"), "train", "--epochs", str(epochs), "--json"], env, stdout=subprocess.DEVNULL)
+            # A short field stage too (INKQ_FIELD_STAGE_FIELDS overrides): the demo reads fields.
+            quick = {"INKQ_FIELD_STAGE_FIELDS": os.environ.get("INKQ_FIELD_STAGE_FIELDS", str(DEMO_FIELD_STAGE))}
+            command = [*script("trainer"), "train", "--epochs", str(epochs), "--json"]
+            run(command, env | quick, stdout=subprocess.DEVNULL)
         info = registry.info()
         say(f"model {info.version}: test accuracy {info.metrics.get('test_accuracy', float('nan')):.4%}")
         say("starting a worker (`celery -A worker worker`): loading, compiling and warming the model")

@@ -1,13 +1,14 @@
-"""A worker's HTTP endpoint: ``/metrics`` for Prometheus, behind a bearer token, and ``/healthz``.
+"""The HTTP endpoint of a long-running inkq process (a worker, `trainer watch`): ``/metrics`` for
+Prometheus, behind a bearer token, and ``/healthz``. Here, below both, so each imports it.
 
 Off unless INKQ_METRICS_PORT names a port; then INKQ_METRICS_TOKEN is required, because the
 metrics tell anyone who reads them the model version, the load and the failure rates. The token
 is compared in constant time and never logged. ``/healthz`` needs no token (probes rarely carry
-one) and says only whether the worker can serve: 200 when its model is loaded, warm and not
-stalled and Redis took its last heartbeats, 503 otherwise, with the reason in a small JSON body.
+one) and says only whether the process is healthy (the ``Health`` it is given decides: for a worker,
+worker/metrics_http.py), 200 or 503, with the reason in a small JSON body.
 
 Served by wsgiref on a daemon thread, one thread per request, so a slow scraper cannot hold up
-a probe; the model and message threads never wait for it.
+a probe; the process's own threads never wait for it.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ import hmac
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
@@ -27,10 +27,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from config.errors import ConfigError
 from config.settings import Settings
 
-if TYPE_CHECKING:
-    from worker.replica import Replica
-
-__all__ = ["Health", "MetricsServer", "check", "metrics_app", "replica_health", "serve"]
+__all__ = ["Health", "MetricsServer", "check", "metrics_app", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +39,7 @@ JSON_HEADERS = (("Content-Type", "application/json"),)
 
 
 def check(settings: Settings) -> None:
-    """Refuse a metrics port without a token (or out of range), before the worker loads anything."""
+    """Refuse a metrics port without a token (or out of range), before the process loads anything."""
     port = settings.metrics_port
     if port == 0:
         return
@@ -54,25 +51,6 @@ def check(settings: Settings) -> None:
             "random string (e.g. `openssl rand -hex 32`) and give the scraper the same bearer token, "
             "or set INKQ_METRICS_PORT=0 to turn metrics off"
         )
-
-
-# /healthz fails once Redis has refused this many heartbeats in a row: read from the heartbeat's
-# last success, so a probe never waits on a Redis timeout itself.
-REDIS_SILENT_S = 15.0  # three of worker/replica.py's HEARTBEAT_S
-
-
-def replica_health(replica: Replica | None) -> tuple[bool, str]:
-    """Healthy when the model is loaded and warm (the replica exists), has not stalled, and Redis
-    took the worker's last heartbeats."""
-    if replica is None:
-        return False, "model loading and warming"
-    silent = time.monotonic() - replica.last_beat_ok
-    if silent > REDIS_SILENT_S:
-        return False, f"Redis unreachable: no heartbeat written for {silent:.0f}s"
-    stalled = replica.batcher.stalled_for()
-    if stalled > replica.settings.stall_timeout_s:
-        return False, f"model stalled: no batch completed for {stalled:.0f}s while images wait (INKQ_STALL_TIMEOUT_S)"
-    return True, f"serving model {replica.engine.version}"
 
 
 def metrics_app(registry: CollectorRegistry, token: str, health: Health) -> Callable[..., Iterable[bytes]]:
@@ -117,7 +95,7 @@ class MetricsServer:
         except OSError as exc:
             raise ConfigError(
                 f"cannot serve metrics on {host}:{port} (INKQ_METRICS_HOST, INKQ_METRICS_PORT): {exc}; "
-                "give each worker on a host its own port"
+                "give each worker and `trainer watch` on a host its own port"
             ) from exc
         self.port: int = self._server.server_port
         self._thread = threading.Thread(target=self._server.serve_forever, name="inkq-metrics", daemon=True)

@@ -60,11 +60,11 @@ class Settings:
         choices=("text", "json"),
     )
 
-    # Metrics (worker/metrics_http.py)
+    # Metrics (config/metrics_http.py: workers and `trainer watch`)
     metrics_port: int = _field(
         0,
-        "Port of a worker's /metrics (Prometheus) and /healthz endpoint; 0 turns it off. Give each worker "
-        "on a host its own port; INKQ_METRICS_TOKEN is then required.",
+        "Port of a worker's (or `trainer watch`'s) /metrics (Prometheus) and /healthz endpoint; 0 turns it off. "
+        "Give each such process on a host its own port; INKQ_METRICS_TOKEN is then required.",
         minimum=0,
     )
     metrics_host: str = _field(

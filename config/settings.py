@@ -77,6 +77,13 @@ class Settings:
         secret=True,
     )
 
+    task_events: bool = _field(
+        True,
+        "Celery task events, which Flower and `celery events` show tasks from: four small PUBLISHes to Redis per "
+        "message (sent by the producer; received, started, succeeded by the worker), each under 2 KB since "
+        "Celery cuts the arguments' text at 1 KB; nothing is stored. false turns them off.",
+    )
+
     # Image limits (producer and worker)
     max_image_bytes: int = _field(20 * 1024 * 1024, "Largest accepted image file, in bytes.", minimum=1)
     max_image_pixels: int = _field(

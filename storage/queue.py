@@ -43,6 +43,9 @@ def make_app(settings: Settings) -> Celery:
         worker_concurrency=settings.worker_threads,
         worker_pool="threads",
         worker_hijack_root_logger=False,
+        # Flower's task list (INKQ_TASK_EVENTS): pub/sub only, so nothing piles up when nobody listens.
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         broker_connection_retry_on_startup=True,
         broker_use_ssl=tls or False,
         broker_transport_options={

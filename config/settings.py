@@ -36,7 +36,12 @@ class Settings:
         "redis://127.0.0.1:6379/0",
         "Redis URL for queue, results and model registry; rediss:// for TLS (always verified; a private CA "
         "with ?ssl_ca_certs=/path/ca.pem, a client certificate with ssl_certfile and ssl_keyfile), "
-        "password in the URL.",
+        "password in the URL; sentinel://... for Redis Sentinel (INKQ_SENTINEL_MASTER).",
+    )
+    sentinel_master: str = _field(
+        "mymaster",
+        "With Redis Sentinel (INKQ_REDIS_URL=sentinel://[:PASSWORD@]HOST:PORT;sentinel://HOST:PORT/DB), the name "
+        "of the master the sentinels watch; broker and results store both follow it through a failover.",
     )
     key_prefix: str = _field("inkq", "Prefix of every Redis key inkq writes.")
     redis_timeout_s: float = _field(

@@ -16,6 +16,7 @@ from celery import Celery
 from config.settings import Settings
 from storage.connection import CONNECT_TIMEOUT_S, HEALTH_CHECK_S, broker_url, tls_options
 from storage.keys import Keys
+from storage.sentinel import is_sentinel
 
 TASK_NAME = "inkq.recognize"
 
@@ -57,7 +58,8 @@ def make_app(settings: Settings) -> Celery:
             "socket_timeout": settings.redis_timeout_s,
             "socket_connect_timeout": CONNECT_TIMEOUT_S,
             "health_check_interval": HEALTH_CHECK_S,
-        },
+        }
+        | ({"master_name": settings.sentinel_master} if is_sentinel(settings.redis_url) else {}),
     )
     return app
 

@@ -148,6 +148,13 @@ class Settings:
         "releases its messages.",
         minimum=0.1,
     )
+    priority_aging_s: float = _field(
+        1.0,
+        "Fairness between priorities: every this many seconds (once across all workers) the oldest waiting "
+        "message of each lower priority moves up one level, so low-priority work advances while higher "
+        "priorities keep the queue busy; 0 serves priorities strictly.",
+        minimum=0.0,
+    )
     queue_max_messages: int = _field(
         10_000, "Backpressure: `producer submit` waits while the queue holds more messages than this.", minimum=1
     )

@@ -16,6 +16,7 @@ from celery import Celery
 from config.settings import Settings
 from storage.connection import CONNECT_TIMEOUT_S, HEALTH_CHECK_S, broker_url, tls_options
 from storage.keys import Keys
+from storage.priority import STEPS, Priority
 from storage.sentinel import is_sentinel
 
 TASK_NAME = "inkq.recognize"
@@ -64,8 +65,8 @@ def make_app(settings: Settings) -> Celery:
     return app
 
 
-def enqueue(app: Celery, job: str, items: Sequence[Sequence[object]]) -> None:
-    app.send_task(TASK_NAME, args=[job, [list(item) for item in items], time.time()])
+def enqueue(app: Celery, job: str, items: Sequence[Sequence[object]], priority: Priority = Priority.NORMAL) -> None:
+    app.send_task(TASK_NAME, args=[job, [list(item) for item in items], time.time()], priority=STEPS[priority])
 
 
 def depth(client: redis.Redis, settings: Settings) -> int:

@@ -34,6 +34,7 @@ from storage import workers
 from storage.connection import connect
 from storage.jobs import ItemResult, Jobs
 from storage.keys import Keys
+from storage.priority import Priority
 from storage.registry import Registry
 from worker.batcher import Batcher
 from worker.metrics import WorkerMetrics
@@ -140,7 +141,9 @@ class Replica:
                 out[i] = Served(p, engine.version, None, pre_ms, model_ms, fetch_ms)
         return [s for s in out if s is not None]
 
-    def handle(self, job: str, items: list[list[Any]], sent_at: float, worker: str = "") -> int:
+    def handle(
+        self, job: str, items: list[list[Any]], sent_at: float, worker: str = "", priority: Priority = Priority.NORMAL
+    ) -> int:
         received = time.time()
         clock = [time.perf_counter()]
         ready = [(int(index), str(digest), str(path)) for index, digest, path in items]
@@ -155,7 +158,7 @@ class Replica:
             return 0
         queue_ms = round((received - sent_at) * 1000, 3)
         self.metrics.queue_wait.observe(max(0.0, queue_ms / 1000))
-        futures = self.batcher.submit([digest for _, digest, _ in ready])
+        futures = self.batcher.submit([digest for _, digest, _ in ready], priority.rank)
         outputs = self.batcher.gather(futures, self.settings.stall_timeout_s)
         results: list[ItemResult] = []
         for (index, digest, path), (served, batch) in zip(ready, outputs, strict=True):

@@ -129,7 +129,13 @@ class Settings:
         2.0, "A batch is flushed when its oldest image has waited this long, or when it is full.", minimum=0.0
     )
     worker_threads: int = _field(16, "Messages a worker handles at once; their images are batched together.", minimum=1)
-    prefetch_multiplier: int = _field(4, "Messages a worker reserves per thread beyond those running.", minimum=1)
+    prefetch_multiplier: int = _field(
+        1,
+        "Messages a worker holds per thread, running ones included (Celery's prefetch multiplier). Above 1, "
+        "the extra messages queue inside the worker, where a high-priority message would wait behind them "
+        "(BENCHMARKS.md, Priorities); 1 costs no throughput, since each thread's message lasts seconds.",
+        minimum=1,
+    )
     visibility_timeout_s: int = _field(
         300, "Seconds before a message taken by a worker that died is delivered again.", minimum=1
     )

@@ -116,3 +116,15 @@ def test_aging_is_off_at_zero_and_the_client_rejects_an_unknown_priority() -> No
     assert Settings(priority_aging_s=0).priority_aging_s == 0
     with pytest.raises(ValueError, match="urgent"):
         Priority("urgent")
+
+
+def test_the_readme_keda_triggers_name_every_priority_list() -> None:
+    import re
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```yaml\n(apiVersion: keda\.sh.*?)```", readme, re.S)
+    assert block is not None
+    triggers = yaml.safe_load(block.group(1))["spec"]["triggers"]
+    assert [t["metadata"]["listName"] for t in triggers] == lists(Keys(), Settings().queue)

@@ -16,7 +16,7 @@ from celery import Celery
 from config.settings import Settings
 from storage.connection import CONNECT_TIMEOUT_S, HEALTH_CHECK_S, broker_url, tls_options
 from storage.keys import Keys
-from storage.priority import STEPS, Priority
+from storage.priority import STEPS, Priority, lists
 from storage.sentinel import is_sentinel
 
 TASK_NAME = "inkq.recognize"
@@ -70,5 +70,8 @@ def enqueue(app: Celery, job: str, items: Sequence[Sequence[object]], priority: 
 
 
 def depth(client: redis.Redis, settings: Settings) -> int:
-    """Messages waiting in the queue (not counting those workers have reserved)."""
-    return int(client.llen(Keys(settings.key_prefix).queue_list(settings.queue)))
+    """Messages waiting in the queue, every priority (not counting those workers have reserved)."""
+    pipe = client.pipeline(transaction=False)
+    for key in lists(Keys(settings.key_prefix), settings.queue):
+        pipe.llen(key)
+    return int(sum(pipe.execute()))

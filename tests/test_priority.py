@@ -4,10 +4,12 @@ of a queued low one and still finishes the low one."""
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bench.synth import WorkerProcess, write_digits
 from config.settings import Settings, load_settings
@@ -119,10 +121,6 @@ def test_aging_is_off_at_zero_and_the_client_rejects_an_unknown_priority() -> No
 
 
 def test_the_readme_keda_triggers_name_every_priority_list() -> None:
-    import re
-
-    import yaml
-
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = re.search(r"```yaml\n(apiVersion: keda\.sh.*?)```", readme, re.S)
     assert block is not None

@@ -13,5 +13,6 @@ COPY worker worker
 COPY trainer trainer
 # bench.synth: the MNIST reader the trainer uses and the generated data `producer demo` submits.
 COPY bench bench
-RUN pip install .
+# With Flower, so the compose file's monitor runs from this same image.
+RUN pip install '.[flower]'
 CMD ["celery", "-A", "worker", "worker"]

@@ -36,7 +36,12 @@ class Settings:
         "redis://127.0.0.1:6379/0",
         "Redis URL for queue, results and model registry; rediss:// for TLS (always verified; a private CA "
         "with ?ssl_ca_certs=/path/ca.pem, a client certificate with ssl_certfile and ssl_keyfile), "
-        "password in the URL.",
+        "password in the URL; sentinel://... for Redis Sentinel (INKQ_SENTINEL_MASTER).",
+    )
+    sentinel_master: str = _field(
+        "mymaster",
+        "With Redis Sentinel (INKQ_REDIS_URL=sentinel://[:PASSWORD@]HOST:PORT;sentinel://HOST:PORT/DB), the name "
+        "of the master the sentinels watch; broker and results store both follow it through a failover.",
     )
     key_prefix: str = _field("inkq", "Prefix of every Redis key inkq writes.")
     redis_timeout_s: float = _field(
@@ -60,11 +65,11 @@ class Settings:
         choices=("text", "json"),
     )
 
-    # Metrics (worker/metrics_http.py)
+    # Metrics (config/metrics_http.py: workers and `trainer watch`)
     metrics_port: int = _field(
         0,
-        "Port of a worker's /metrics (Prometheus) and /healthz endpoint; 0 turns it off. Give each worker "
-        "on a host its own port; INKQ_METRICS_TOKEN is then required.",
+        "Port of a worker's (or `trainer watch`'s) /metrics (Prometheus) and /healthz endpoint; 0 turns it off. "
+        "Give each such process on a host its own port; INKQ_METRICS_TOKEN is then required.",
         minimum=0,
     )
     metrics_host: str = _field(
@@ -75,6 +80,13 @@ class Settings:
         "Bearer token a scraper must send for /metrics (Authorization: Bearer TOKEN); required when "
         "INKQ_METRICS_PORT is set. Never logged.",
         secret=True,
+    )
+
+    task_events: bool = _field(
+        True,
+        "Celery task events, which Flower and `celery events` show tasks from: four small PUBLISHes to Redis per "
+        "message (sent by the producer; received, started, succeeded by the worker), each under 2 KB since "
+        "Celery cuts the arguments' text at 1 KB; nothing is stored. false turns them off.",
     )
 
     # Image limits (producer and worker)
@@ -117,7 +129,13 @@ class Settings:
         2.0, "A batch is flushed when its oldest image has waited this long, or when it is full.", minimum=0.0
     )
     worker_threads: int = _field(16, "Messages a worker handles at once; their images are batched together.", minimum=1)
-    prefetch_multiplier: int = _field(4, "Messages a worker reserves per thread beyond those running.", minimum=1)
+    prefetch_multiplier: int = _field(
+        1,
+        "Messages a worker holds per thread, running ones included (Celery's prefetch multiplier). Above 1, "
+        "the extra messages queue inside the worker, where a high-priority message would wait behind them "
+        "(BENCHMARKS.md, Priorities); 1 costs no throughput, since each thread's message lasts seconds.",
+        minimum=1,
+    )
     visibility_timeout_s: int = _field(
         300, "Seconds before a message taken by a worker that died is delivered again.", minimum=1
     )
@@ -135,6 +153,13 @@ class Settings:
         "A worker whose model completes no batch for this long while images wait is unhealthy and "
         "releases its messages.",
         minimum=0.1,
+    )
+    priority_aging_s: float = _field(
+        1.0,
+        "Fairness between priorities: every this many seconds (once across all workers) the oldest waiting "
+        "message of each lower priority moves up one level, so low-priority work advances while higher "
+        "priorities keep the queue busy; 0 serves priorities strictly.",
+        minimum=0.0,
     )
     queue_max_messages: int = _field(
         10_000, "Backpressure: `producer submit` waits while the queue holds more messages than this.", minimum=1

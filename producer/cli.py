@@ -19,6 +19,7 @@ from producer.jobcli import announce, cancel, check_settled, hint, resumable_on_
 from producer.labelcli import label, review
 from producer.progress import Mode, follow, mode_for
 from producer.sweepcli import sweep
+from storage.priority import Priority
 
 
 @click.group(cls=Group)
@@ -61,6 +62,14 @@ def cli(ctx: click.Context) -> None:
     help="Progress bar on stderr (default: when stderr is a terminal).",
 )
 @click.option(
+    "--priority",
+    type=click.Choice([p.value for p in Priority]),
+    default=Priority.NORMAL.value,
+    envvar="INKQ_SUBMIT_PRIORITY",
+    show_envvar=True,
+    help="Workers serve high before normal before low (low still advances).",
+)
+@click.option(
     "--resume",
     metavar="JOB",
     envvar="INKQ_SUBMIT_RESUME",
@@ -76,6 +85,7 @@ def submit(
     wait_for_room: bool,
     chunk_size: int | None,
     progress: bool | None,
+    priority: str,
     resume: str | None,
     read: dict[str, Any] | None,
 ) -> None:
@@ -86,7 +96,7 @@ def submit(
     """
     if bool(paths) == bool(resume):
         raise click.UsageError("give PATHS to submit, or --resume JOB (not both)")
-    client = Client(settings.replace(chunk_size=chunk_size))
+    client = Client(settings.replace(chunk_size=chunk_size), priority)
     show = not resume and (sys.stderr.isatty() if progress is None else progress)
     seen: list[str] = []
     started = announce("resuming," if resume else "submitting", seen)

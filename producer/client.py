@@ -34,6 +34,7 @@ from storage.jobs import Jobs, JobStatus
 from storage.keys import Keys
 from storage.labels import Labels
 from storage.lifecycle import Lifecycle
+from storage.priority import Priority
 from storage.redis_checks import check_store
 
 # What `producer review` shows of each result marked for review.
@@ -71,7 +72,9 @@ class SubmitReport:
 
 
 class Client:
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, priority: Priority | str = Priority.NORMAL) -> None:
+        """``priority``: high, normal or low, for every job this client submits (storage/priority.py)."""
+        self.priority = Priority(priority)
         self.settings = settings or load_settings()
         self.keys = Keys(self.settings.key_prefix)
         self.redis = connect(self.settings)
@@ -188,7 +191,8 @@ class Client:
                         f"{exc}; job {job} is left with {left} of {len(chunks)} messages unsent: "
                         f"run `producer submit --resume {job}` to queue them"
                     ) from exc
-                queue.enqueue(self.app, job, self.jobs.manifest.items(job, number * chunk, (number + 1) * chunk))
+                items = self.jobs.manifest.items(job, number * chunk, (number + 1) * chunk)
+                queue.enqueue(self.app, job, items, self.priority)
                 self.lifecycle.queued(job, number)
                 sent += 1
             self.lifecycle.submitted(job, token)

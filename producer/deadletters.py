@@ -39,7 +39,7 @@ def dead_letters(settings: Settings, as_json: bool, requeue_id: str | None, requ
     requeue them once the cause is fixed: their items are recognised again and their results replaced."""
     if requeue_id and requeue_all:
         raise click.UsageError("give --requeue ID or --requeue-all, not both")
-    letters = DeadLetters(connect(settings.redis_url), Keys(settings.key_prefix), settings.result_ttl_s)
+    letters = DeadLetters(connect(settings), Keys(settings.key_prefix), settings.result_ttl_s)
     if requeue_id or requeue_all:
         chosen = letters.all() if requeue_all else [letters.get(str(requeue_id))]
         if chosen == [None]:

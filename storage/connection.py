@@ -23,6 +23,7 @@ import redis
 
 from config.errors import ConfigError, StoreUnavailableError
 from config.settings import Settings
+from storage import sentinel
 
 __all__ = ["BLOCK_S", "CONNECT_TIMEOUT_S", "HEALTH_CHECK_S", "broker_url", "connect", "redact", "tls_options"]
 
@@ -89,6 +90,8 @@ def tls_options(url: str) -> dict[str, Any]:
 def broker_url(url: str) -> str:
     """``url`` without its query: kombu gets the TLS options as ``broker_use_ssl`` instead, so that it
     cannot read them differently (it would also refuse options it does not know)."""
+    if sentinel.is_sentinel(url):  # every sentinel with the database, as kombu reads it
+        return sentinel.parse(url).kombu_url()
     parts = urlsplit(url)
     return urlunsplit(parts._replace(query=""))
 
@@ -97,18 +100,20 @@ def connect(target: str | Settings, *, check: bool = True, timeout: float = CONN
     """A client for a URL or for the settings' URL and timeout; with ``check``, fails fast with a clear
     error when Redis is down, refuses the password or presents an untrusted certificate."""
     if isinstance(target, Settings):
-        url, socket_timeout = target.redis_url, float(target.redis_timeout_s)
+        url, socket_timeout, master = target.redis_url, float(target.redis_timeout_s), target.sentinel_master
     else:
-        url, socket_timeout = target, float(Settings.redis_timeout_s)
+        url, socket_timeout, master = target, float(Settings.redis_timeout_s), Settings.sentinel_master
     tls = tls_options(url)
+    options: dict[str, Any] = {
+        "socket_connect_timeout": timeout,
+        "socket_timeout": socket_timeout,
+        "health_check_interval": HEALTH_CHECK_S,
+    }
     try:
-        client = redis.Redis.from_url(
-            url,
-            socket_connect_timeout=timeout,
-            socket_timeout=socket_timeout,
-            health_check_interval=HEALTH_CHECK_S,
-            **tls,
-        )
+        if sentinel.is_sentinel(url):
+            client = sentinel.master_client(url, master, **options)
+        else:
+            client = redis.Redis.from_url(url, **options, **tls)
         if check:
             client.ping()
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:

@@ -123,6 +123,11 @@ class Keys:
         """A ready worker's description, refreshed by its heartbeat."""
         return self._k("worker", hostname)
 
+    def priority_aging(self, queue: str) -> str:
+        """Gate of the priority aging (storage/priority_age.lua): set for INKQ_PRIORITY_AGING_S by the
+        worker that aged ``queue`` last, so all of them together age it once an interval. Expires then."""
+        return self._k("priority", "aging", queue)
+
     @property
     def workers_ready(self) -> str:
         """List of hostnames, pushed as each worker becomes ready (for operators and tests)."""

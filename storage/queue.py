@@ -16,6 +16,8 @@ from celery import Celery
 from config.settings import Settings
 from storage.connection import CONNECT_TIMEOUT_S, HEALTH_CHECK_S, broker_url, tls_options
 from storage.keys import Keys
+from storage.priority import STEPS, Priority, lists
+from storage.sentinel import is_sentinel
 
 TASK_NAME = "inkq.recognize"
 
@@ -43,6 +45,9 @@ def make_app(settings: Settings) -> Celery:
         worker_concurrency=settings.worker_threads,
         worker_pool="threads",
         worker_hijack_root_logger=False,
+        # Flower's task list (INKQ_TASK_EVENTS): pub/sub only, so nothing piles up when nobody listens.
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         broker_connection_retry_on_startup=True,
         broker_use_ssl=tls or False,
         broker_transport_options={
@@ -54,15 +59,19 @@ def make_app(settings: Settings) -> Celery:
             "socket_timeout": settings.redis_timeout_s,
             "socket_connect_timeout": CONNECT_TIMEOUT_S,
             "health_check_interval": HEALTH_CHECK_S,
-        },
+        }
+        | ({"master_name": settings.sentinel_master} if is_sentinel(settings.redis_url) else {}),
     )
     return app
 
 
-def enqueue(app: Celery, job: str, items: Sequence[Sequence[object]]) -> None:
-    app.send_task(TASK_NAME, args=[job, [list(item) for item in items], time.time()])
+def enqueue(app: Celery, job: str, items: Sequence[Sequence[object]], priority: Priority = Priority.NORMAL) -> None:
+    app.send_task(TASK_NAME, args=[job, [list(item) for item in items], time.time()], priority=STEPS[priority])
 
 
 def depth(client: redis.Redis, settings: Settings) -> int:
-    """Messages waiting in the queue (not counting those workers have reserved)."""
-    return int(client.llen(Keys(settings.key_prefix).queue_list(settings.queue)))
+    """Messages waiting in the queue, every priority (not counting those workers have reserved)."""
+    pipe = client.pipeline(transaction=False)
+    for key in lists(Keys(settings.key_prefix), settings.queue):
+        pipe.llen(key)
+    return int(sum(pipe.execute()))

@@ -10,6 +10,8 @@ import contextlib
 import functools
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,15 @@ from config.errors import StoreUnavailableError
 from producer.local import free_port, spawn_redis
 from tests.conftest import unavailable
 
-__all__ = ["Certificates", "make_certificates", "publish_untrained", "redis_process", "untrained_model", "values"]
+__all__ = [
+    "Certificates",
+    "make_certificates",
+    "publish_untrained",
+    "redis_process",
+    "sentinel_process",
+    "untrained_model",
+    "values",
+]
 
 
 class Certificates:
@@ -76,6 +86,51 @@ def redis_process(*args: str, port: int | None = None) -> Iterator[tuple[subproc
     finally:
         process.kill()
         process.wait(10)
+
+
+@contextlib.contextmanager
+def sentinel_process(
+    folder: Path, master_port: int, *, password: str = "", master: str = "mymaster", timeout: float = 30
+) -> Iterator[int]:
+    """`redis-server --sentinel` watching the master on ``master_port`` (quorum 1, down after 1 s);
+    its port once it answers and knows the master's replicas. Killed at the end."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        unavailable("redis-server is not installed")
+    port = free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    conf = folder / f"sentinel-{port}.conf"  # a sentinel rewrites its own file: one per sentinel
+    lines = [
+        f"port {port}",
+        "bind 127.0.0.1",
+        f"dir {folder}",
+        f"sentinel monitor {master} 127.0.0.1 {master_port} 1",
+        f"sentinel down-after-milliseconds {master} 1000",
+        f"sentinel failover-timeout {master} 10000",
+    ]
+    if password:
+        lines.append(f"sentinel auth-pass {master} {password}")
+    conf.write_text("\n".join(lines) + "\n")
+    log = (folder / f"sentinel-{port}.log").open("w")
+    process = subprocess.Popen([binary, str(conf), "--sentinel"], stdout=log, stderr=subprocess.STDOUT)
+    client = redis.Redis(port=port, socket_timeout=5)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:  # a sentinel prints no "ready" line: ask it until it knows a replica to promote
+            try:
+                if client.sentinel_slaves(master):
+                    break
+            except redis.RedisError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the sentinel did not come up: {(folder / f'sentinel-{port}.log').read_text()[-2000:]}")
+            threading.Event().wait(0.1)
+        yield port
+    finally:
+        client.close()
+        process.kill()
+        process.wait(10)
+        log.close()
 
 
 def values(client: redis.Redis) -> Iterator[tuple[str, bytes]]:

@@ -133,8 +133,10 @@ def test_an_eleven_class_model_reads_digits_and_reports_reject_apart(
     from trainer.fieldstage import widen
 
     wide = widen(model).eval()
+    fc = wide.fc
+    assert isinstance(fc, torch.nn.Linear)
     with torch.no_grad():
-        wide.fc.bias[10] += 8.0  # "not one character" now likely for every input
+        fc.bias[10] += 8.0  # "not one character" now likely for every input
     engine = Engine(wide, precision="fp32", buckets=(1, 4, 8), compile=False, temperature=1.5)
     x = digits(mnist_test, 6)
     logits = engine.logits(x)

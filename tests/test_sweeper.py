@@ -29,12 +29,15 @@ from storage.jobs import ItemResult, Jobs
 from storage.keys import Keys
 from storage.lifecycle import Lifecycle
 from storage.lock import acquire, held
+from storage.priority import Priority, lists
 from storage.sweep_rules import CONFIRM_GAP_S, JobView, Seen, Verdict, confirm, triage
 from storage.sweeper import Sweeper, job_requeued, sweep_locked
 from storage.utils import as_text
 from tests.conftest import BIN, MnistArrays, WorkerProcess, wait_for, write_digits
 
 KEYS = Keys()
+# Where submit and the sweeper queue messages: the normal-priority list (storage/priority.py).
+NORMAL_LIST = lists(KEYS, "inkq")[Priority.NORMAL.rank]
 # Sweeps are given their clock: a little ahead of the jobs a test creates. Set again before each
 # test (a value from import time falls behind the jobs of a test that runs minutes later).
 NOW = time.time() + 60
@@ -147,7 +150,7 @@ def test_no_requeue_while_a_message_of_the_job_is_queued(jobs: Jobs, redis_url: 
 def test_no_requeue_while_a_message_of_the_job_is_unacked(jobs: Jobs, redis_url: str) -> None:
     job = submitted_job(jobs)
     queue.enqueue(queue.make_app(Settings(redis_url=redis_url)), job, [[8, f"{8:064x}", "scan8.png"]])
-    raw = jobs.redis.rpop(KEYS.queue_list("inkq"))  # what a live worker's BRPOP then kombu's QoS.append do
+    raw = jobs.redis.rpop(NORMAL_LIST)  # what a live worker's BRPOP then kombu's QoS.append do
     assert isinstance(raw, bytes)
     tag = json.loads(raw)["properties"]["delivery_tag"]
     jobs.redis.hset(KEYS.broker_unacked, tag, json.dumps([json.loads(raw), "", "inkq"]))
@@ -235,7 +238,7 @@ def test_a_message_lost_between_brpop_and_unacked_is_requeued_and_the_job_comple
     client = Client(Settings(redis_url=redis_url, chunk_size=5))
     job = client.submit([str(tmp_path / "scans")]).job  # eight messages wait: no worker yet
     # Exactly what a worker SIGKILLed after BRPOP, before kombu recorded the message, leaves behind.
-    lost = client.redis.rpop(client.keys.queue_list(client.settings.queue))
+    lost = client.redis.rpop(lists(client.keys, client.settings.queue)[Priority.NORMAL.rank])
     assert isinstance(lost, bytes)
     lost_items = json.loads(base64.b64decode(json.loads(lost)["body"]))[0][1]
     assert len(lost_items) == 5 and client.redis.hlen(client.keys.broker_unacked) == 0
@@ -275,5 +278,5 @@ def test_producer_sweep_requeues_a_lost_message(redis_url: str, env: dict[str, s
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == f"{job}: requeued 3 items in 1 messages"
     client = redis.Redis.from_url(redis_url)
-    assert [message_job(raw) for raw in client.lrange(KEYS.queue_list("inkq"), 0, -1)] == [job]
+    assert [message_job(raw) for raw in client.lrange(NORMAL_LIST, 0, -1)] == [job]
     assert job_requeued(jobs, job) == 3

@@ -229,12 +229,23 @@ def retrain(
 def watch(
     settings: Settings, data_root: str | None, min_labels: int | None, interval_s: int | None, poll_s: float, once: bool
 ) -> None:
-    """Run as a service: retrain when enough labels arrived, or periodically when any have."""
+    """Run as a service: retrain when enough labels arrived, or periodically when any have. With
+    INKQ_METRICS_PORT, serves /metrics (behind INKQ_METRICS_TOKEN) and /healthz there."""
+    from config import metrics_http
     from trainer import retrain as retraining
+    from trainer.metrics import TrainerMetrics
 
     settings = settings.replace(data_root=data_root, watch_min_labels=min_labels, watch_interval_s=interval_s)
+    metrics_http.check(settings)  # a port without a token fails here, before anything else
     registry = registry_for(settings)
-    for outcome in retraining.watch(settings, registry, _labels(registry), once=once, poll_s=poll_s):
+    metrics = TrainerMetrics()
+    server = metrics_http.serve(settings, metrics.registry, lambda: metrics.health(poll_s))
+    try:
+        outcomes = retraining.watch(settings, registry, _labels(registry), once=once, poll_s=poll_s, metrics=metrics)
+    finally:
+        if server is not None:
+            server.close()
+    for outcome in outcomes:
         emit_json(outcome)
 
 

@@ -34,6 +34,7 @@ from trainer.base import bf16_agreement
 from trainer.data import Split, load_split, split_validation
 from trainer.distributed import World, setup, teardown
 from trainer.labelled import labelled_split
+from trainer.metrics import TrainerMetrics
 from trainer.training import TrainConfig, digits_of, fit, fit_temperature, predict_logits
 
 log = logging.getLogger(__name__)
@@ -262,9 +263,11 @@ def watch(
     once: bool,
     poll_s: float,
     stop: threading.Event | None = None,
+    metrics: TrainerMetrics | None = None,
 ) -> list[dict[str, Any]]:
     """Retrain whenever it is due; with ``once``, check one time and return."""
     stop = stop or threading.Event()
+    metrics = metrics or TrainerMetrics()
     runs: list[dict[str, Any]] = []
     last_key = registry.keys.retrain_last
     while True:
@@ -272,6 +275,7 @@ def watch(
         go, why = due(settings, labels, float(raw) if raw else None, time.time())
         if go:
             log.info("retraining: %s", why)
+            metrics.running()
             try:
                 outcome = retrain(settings, registry, labels)
                 registry.redis.set(last_key, time.time())
@@ -281,7 +285,9 @@ def watch(
                 log.error("retrain not published: %s", exc)
                 outcome = {"skipped": True, "reason": str(exc)}
             runs.append(outcome)
+            metrics.ran(outcome)
         elif once:
             runs.append({"skipped": True, "reason": why})
+        metrics.checked(labels)
         if once or stop.wait(poll_s):
             return runs

@@ -27,9 +27,11 @@ from config.settings import load_settings
 from storage import workers
 from storage.connection import connect
 from storage.deadletters import DeadLetter, DeadLetters
+from storage.priority import Priority, of_step
 from storage.queue import TASK_NAME, make_app
 from storage.redis_checks import check_store
 from worker import delivery, metrics_http
+from worker.aging import AgingThread
 from worker.delivery import Action
 from worker.metrics import WorkerMetrics
 from worker.replica import Replica
@@ -43,6 +45,7 @@ app = make_app(settings)
 _replica: Replica | None = None
 _keeper: VisibilityKeeper | None = None
 _sweeper: SweepThread | None = None
+_aging: AgingThread | None = None
 _metrics = WorkerMetrics()
 _metrics_server: metrics_http.MetricsServer | None = None
 # A pause before a message goes back to the queue, so that a broken worker does not spin on it.
@@ -84,7 +87,7 @@ def _load_model(**_: Any) -> None:
 
 @signals.worker_ready.connect
 def _announce(sender: Any = None, **_: Any) -> None:
-    global _keeper, _sweeper  # noqa: PLW0603 - one keeper and one sweeper per process
+    global _keeper, _sweeper, _aging  # noqa: PLW0603 - one keeper, sweeper and aging thread per process
     r = replica()
     _keeper = VisibilityKeeper(r.redis, r.keys.broker_unacked_index, settings.visibility_timeout_s, held_delivery_tags)
     _keeper.start()
@@ -92,6 +95,9 @@ def _announce(sender: Any = None, **_: Any) -> None:
     # Finds jobs whose message was lost with a killed worker (storage/sweeper.py) and requeues their items.
     _sweeper = SweepThread(r.jobs, settings, app, r.hostname, r.sweep_health)
     _sweeper.start()
+    if settings.priority_aging_s > 0:  # low priorities advance while higher ones keep the queue busy
+        _aging = AgingThread(r.redis, r.keys, settings.queue, settings.priority_aging_s)
+        _aging.start()
     log.info("worker %s ready", r.hostname)
 
 
@@ -101,6 +107,8 @@ def _close(**_: Any) -> None:
         _keeper.stop()
     if _sweeper is not None:
         _sweeper.stop()
+    if _aging is not None:
+        _aging.stop()
     if _replica is not None:
         _replica.close()
     if _metrics_server is not None:
@@ -141,7 +149,9 @@ def _deliver(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
         return _dead_letter(letters, task_id, args, kwargs, attempt - 1, error)
     try:
         message = delivery.parse(args, kwargs)
-        served = r.handle(message.job, list(map(list, message.items)), message.sent_at or time.time(), _host(task))
+        served = r.handle(
+            message.job, list(map(list, message.items)), message.sent_at or time.time(), _host(task), _priority(task)
+        )
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         log.warning("delivery %d of message %s failed: %s", attempt, task_id, error, exc_info=True)
@@ -190,3 +200,7 @@ def _dead_letter(
 
 def _host(task: Task) -> str:
     return str(task.request.hostname or "")
+
+
+def _priority(task: Task) -> Priority:
+    return of_step((task.request.delivery_info or {}).get("priority"))

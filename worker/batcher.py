@@ -4,6 +4,14 @@ Images from every message a worker holds go into one queue; a single model threa
 in batches. A batch is flushed when it holds ``max_batch`` images or when its *oldest* image
 has waited ``max_wait`` seconds, whichever comes first, and never exceeds ``max_batch``.
 
+Priorities: each image has a rank (0 high, 1 normal, 2 low). High images that wait beside lower
+ones go alone in an express batch (a small one: the model's time grows with the batch), at most
+every other batch; otherwise a batch takes the highest ranks first, except that each lower rank
+with images waiting is guaranteed ``LOWER_SHARE`` of it. So a high image waits for at most the
+batch running and one small batch, and low-priority images still make up at least every other
+batch. (An age rule would not do: under a backlog every waiting image is old, and high ones
+would queue behind them.)
+
 Waiting is bounded: ``gather`` returns a message's outputs, or raises ``ModelStalledError`` once
 the model has completed no batch for ``stall_after_s`` seconds while images wait, so a hung model
 call cannot hold a message for ever. ``stalled_for`` tells the heartbeat the same thing.
@@ -25,6 +33,9 @@ from config.errors import ModelStalledError
 
 log = logging.getLogger(__name__)
 
+# The share of each batch guaranteed to each lower rank that has images waiting.
+LOWER_SHARE = 0.25
+RANKS = 3
 In = TypeVar("In")
 Out = TypeVar("Out")
 
@@ -61,7 +72,7 @@ class Batcher(Generic[In, Out]):
         self._on_flush = on_flush
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
-        self._pending: deque[_Pending[In, Out]] = deque()
+        self._pending = _Ranked[In, Out]()
         self._cond = threading.Condition()
         self._stopped = False
         self._ids = itertools.count(1)
@@ -72,8 +83,9 @@ class Batcher(Generic[In, Out]):
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, values: Sequence[In]) -> list[Future[tuple[Out, BatchInfo]]]:
-        """Queue values for the model; each future resolves to (output, the batch it ran in)."""
+    def submit(self, values: Sequence[In], rank: int = 1) -> list[Future[tuple[Out, BatchInfo]]]:
+        """Queue values for the model at ``rank`` (0 first); each future resolves to (output, the
+        batch it ran in)."""
         now = time.monotonic()
         pending = [_Pending[In, Out](v, Future(), now) for v in values]
         with self._cond:
@@ -81,7 +93,7 @@ class Batcher(Generic[In, Out]):
                 raise RuntimeError("batcher is stopped")
             if not self._pending and not self._running:
                 self._progress = now
-            self._pending.extend(pending)
+            self._pending.extend(rank, pending)
             self._cond.notify()
         return [p.future for p in pending]
 
@@ -94,7 +106,7 @@ class Batcher(Generic[In, Out]):
     def oldest_wait_s(self) -> float:
         """Seconds the oldest image not yet in a batch has waited; 0 when none waits."""
         with self._cond:
-            return time.monotonic() - self._pending[0].since if self._pending else 0.0
+            return time.monotonic() - self._pending.oldest() if self._pending else 0.0
 
     def gather(
         self, futures: Sequence[Future[tuple[Out, BatchInfo]]], stall_after_s: float, poll_s: float = 1.0
@@ -126,13 +138,13 @@ class Batcher(Generic[In, Out]):
                 self._cond.wait()
             if not self._pending:
                 return None
-            deadline = self._pending[0].since + self.max_wait_s
+            deadline = self._pending.oldest() + self.max_wait_s
             while len(self._pending) < self.max_batch and not self._stopped:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
+            batch = self._pending.take(self.max_batch)
             self._running = len(batch)
             reason = "full" if len(batch) == self.max_batch else "stop" if self._stopped else "deadline"
         if self._on_flush is not None:
@@ -160,9 +172,46 @@ class Batcher(Generic[In, Out]):
                 continue
             self._done()
             info = BatchInfo(
-                next(self._ids), len(batch), (start - batch[0].since) * 1000, (time.monotonic() - start) * 1000
+                next(self._ids),
+                len(batch),
+                (start - min(p.since for p in batch)) * 1000,
+                (time.monotonic() - start) * 1000,
             )
             for p, out in zip(batch, outputs, strict=True):
                 p.future.set_result((out, info))
-        for p in self._pending:
+        for p in self._pending.take(len(self._pending)):
             p.future.set_exception(RuntimeError("batcher stopped"))
+
+
+class _Ranked(Generic[In, Out]):
+    """Waiting images, one FIFO per rank."""
+
+    def __init__(self) -> None:
+        self._queues: list[deque[_Pending[In, Out]]] = [deque() for _ in range(RANKS)]
+        self._express_last = False
+
+    def __len__(self) -> int:
+        return sum(map(len, self._queues))
+
+    def extend(self, rank: int, pending: list[_Pending[In, Out]]) -> None:
+        self._queues[min(max(rank, 0), RANKS - 1)].extend(pending)
+
+    def oldest(self) -> float:
+        return min(q[0].since for q in self._queues if q)
+
+    def take(self, n: int) -> list[_Pending[In, Out]]:
+        """Up to ``n`` images: an express batch of the high ones, or each lower rank's guaranteed
+        share first, then the rest by rank."""
+        high, lower = self._queues[0], any(self._queues[1:])
+        if high and lower and len(high) < n and not self._express_last:
+            self._express_last = True
+            return [high.popleft() for _ in range(len(high))]
+        self._express_last = False
+        batch: list[_Pending[In, Out]] = []
+        share = max(1, int(n * LOWER_SHARE)) if n >= RANKS else 0
+        for q in self._queues[1:]:
+            batch += [q.popleft() for _ in range(min(share, len(q), n - len(batch)))]
+        for q in self._queues:
+            while len(batch) < n and q:
+                batch.append(q.popleft())
+        return batch

@@ -31,6 +31,7 @@ from storage import workers
 from storage.connection import connect
 from storage.jobs import ItemResult, Jobs
 from storage.keys import Keys
+from storage.priority import Priority
 from storage.registry import Registry
 from worker.batcher import Batcher
 from worker.batchrun import run_batch
@@ -103,7 +104,9 @@ class Replica:
         engine = self.engine  # read once: a swap takes effect at the next batch
         return run_batch(engine, digests, jobs=self.jobs, prep=self.prep, metrics=self.metrics, settings=self.settings)
 
-    def handle(self, job: str, items: list[list[Any]], sent_at: float, worker: str = "") -> int:
+    def handle(
+        self, job: str, items: list[list[Any]], sent_at: float, worker: str = "", priority: Priority = Priority.NORMAL
+    ) -> int:
         received = time.time()
         clock = [time.perf_counter()]
         ready = [(int(index), str(digest), str(path)) for index, digest, path in items]
@@ -119,7 +122,7 @@ class Replica:
         queue_ms = round((received - sent_at) * 1000, 3)
         self.metrics.queue_wait.observe(max(0.0, queue_ms / 1000))
         is_field, rule = self.read_specs.get(job, self.jobs.reading)
-        futures = self.batcher.submit([field_key(d) if is_field else d for _, d, _ in ready])
+        futures = self.batcher.submit([field_key(d) if is_field else d for _, d, _ in ready], priority.rank)
         outputs = self.batcher.gather(futures, self.settings.stall_timeout_s)
         results: list[ItemResult] = []
         for (index, digest, path), (served, batch) in zip(ready, outputs, strict=True):

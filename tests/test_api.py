@@ -1,0 +1,245 @@
+"""The HTTP API against a real Redis: tokens and roles, CSRF, sign-in limits, uploads counted while
+they stream, zips checked, results streamed, review, labels and models.
+
+starlette's TestClient drives the app in-process; the streaming limit is tested at the ASGI level,
+where the test controls how the body arrives. The browser tests (tests/test_desk.py) run a real
+server, a real worker and a real retrain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import zipfile
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from config.settings import Settings
+from producer.web import create_app
+from producer.web.auth import COOKIE
+from storage.jobs import ItemResult
+from storage.registry import Registry, VersionInfo
+
+TOKENS = {"submit": "s" * 24, "review": "r" * 24, "admin": "a" * 24}
+SETTINGS = ",".join(f"{role}-user:{role}:{token}" for role, token in TOKENS.items())
+
+
+def png(shade: int = 0, size: int = 28) -> bytes:
+    image = Image.new("L", (size, size), 255)
+    image.paste(shade, (8, 6, 20, 22))  # a blot of ink
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def bearer(role: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[role]}"}
+
+
+def zipped(members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return out.getvalue()
+
+
+@pytest.fixture()
+def settings(redis_url: str) -> Settings:
+    return Settings(redis_url=redis_url, api_tokens=SETTINGS, api_session_key="k" * 32, chunk_size=4)
+
+
+@pytest.fixture()
+def api(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings), base_url="https://desk.test") as client:
+        yield client
+
+
+def submit(api: TestClient, files: list[tuple[str, bytes]]) -> dict[str, Any]:
+    response = api.post("/v1/jobs", headers=bearer("submit"), files=[("files", f) for f in files])
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def finish(api: TestClient, job: str, review: bool = True) -> None:
+    """Write a result for every item of ``job`` as a worker would (digest from the manifest)."""
+    jobs = api.app.state.desk.client.jobs  # type: ignore[attr-defined]
+    items = list(jobs.manifest.items(job, 0, jobs.status(job).total))
+    jobs.write_results(
+        ItemResult(job, index, {"item": path, "digest": digest, "label": index % 10, "confidence": 0.3 + index / 100,
+                                "top3": [[index % 10, 0.3], [1, 0.2], [2, 0.1]], "error": None, "review": review})
+        for index, digest, path in items
+    )  # fmt: skip
+
+
+def test_every_endpoint_refuses_a_missing_or_wrong_token(api: TestClient) -> None:
+    described = api.app.openapi()["paths"]  # type: ignore[attr-defined]
+    endpoints = [(m.upper(), p) for p, ops in described.items() for m in ops] + [("GET", "/v1/openapi.json")]
+    assert len(endpoints) >= 15 and all(p.startswith("/v1/") for _, p in endpoints)
+    for method, template in endpoints:
+        path = template.replace("{job}", "j1").replace("{index}", "0").replace("{version}", "v1")
+        for headers in ({}, {"Authorization": "Bearer " + "w" * 24}, {"Authorization": "Basic " + TOKENS["admin"]}):
+            response = api.request(method, path, headers=headers)
+            assert response.status_code == 401, (method, path, headers, response.text)
+    for page in ("/desk", "/jobs", "/models"):
+        assert api.get(page, headers={"Accept": "application/json"}).status_code == 401
+        redirect = api.get(page, headers={"Accept": "text/html"}, follow_redirects=False)
+        assert redirect.status_code == 303 and redirect.headers["location"].startswith("/signin")
+    assert api.get("/healthz").json() == {"ok": True}  # the one open endpoint
+    assert "/v1/jobs" in api.get("/v1/openapi.json", headers=bearer("submit")).json()["paths"]
+
+
+def test_roles_include_the_ones_below(api: TestClient) -> None:
+    assert api.get("/v1/review", headers=bearer("submit")).status_code == 403
+    assert api.get("/v1/review", headers=bearer("review")).status_code == 200
+    assert api.get("/v1/jobs", headers=bearer("admin")).status_code == 200
+    assert api.post("/v1/models/v1/promote", headers=bearer("review")).status_code == 403
+    assert api.post("/v1/retrain", headers=bearer("submit")).status_code == 403
+
+
+def test_files_and_zips_submitted_and_results_streamed(api: TestClient) -> None:
+    archive = zipped({"folder/a.png": png(0), "folder/b.png": png(40), "notes.txt": b"skipped", "x/": b""})
+    files = [("one.png", png(10)), ("two.png", png(20)), ("scans.zip", archive), ("bad.png", b"not a png")]
+    report = submit(api, files)
+    assert report["items"] == 4 and [r["path"] for r in report["rejected"]] == ["bad.png"]
+    job = report["job"]
+    assert api.get(f"/v1/jobs/{job}", headers=bearer("submit")).json()["state"] == "queued"
+    finish(api, job)
+    with api.stream("GET", f"/v1/jobs/{job}/results", headers=bearer("submit")) as response:
+        assert response.status_code == 200 and "content-length" not in response.headers  # streamed
+        rows = [json.loads(line) for line in response.iter_lines() if line]
+    assert [r["item"] for r in rows] == ["one.png", "two.png", "scans.zip/folder/a.png", "scans.zip/folder/b.png"]
+    lines = api.get(f"/v1/jobs/{job}/results?format=csv", headers=bearer("submit")).text.splitlines()
+    assert lines[0] == "item,label,confidence,top3,model_version,error" and len(lines) == 5
+    assert lines[3].startswith("scans.zip/folder/a.png,2,0.32,2:0.3000;1:0.2000;2:0.1000")
+    listed = api.get("/v1/jobs", headers=bearer("submit")).json()
+    assert [j["job"] for j in listed] == [job] and listed[0]["state"] == "complete"
+    assert api.post(f"/v1/jobs/{job}/cancel", headers=bearer("submit")).json()["was_complete"] is True
+    assert api.get("/v1/jobs/nope", headers=bearer("submit")).status_code == 404
+
+
+def test_zip_bombs_and_overfull_zips_are_refused(api: TestClient, settings: Settings) -> None:
+    bomb = zipped({"bomb.png": b"\0" * 8_000_000, "ok.png": png()}, zipfile.ZIP_DEFLATED)
+    report = submit(api, [("b.zip", bomb), ("broken.zip", b"PK\x03\x04 not really")])
+    assert report["items"] == 1
+    reasons = {r["path"]: r["error"] for r in report["rejected"]}
+    assert "zip bomb" in reasons["b.zip/bomb.png"] and "not a readable zip" in reasons["broken.zip"]
+    with TestClient(create_app(settings.replace(api_max_files=3)), base_url="https://desk.test") as small:
+        many = zipped({f"{i}.png": png() for i in range(4)})
+        response = small.post("/v1/jobs", headers=bearer("submit"), files=[("files", ("m.zip", many))])
+        assert response.status_code == 413 and "INKQ_API_MAX_FILES" in response.text
+    assert api.app.state.desk.client.redis.zcard(api.app.state.desk.client.keys.web_jobs) == 1  # type: ignore[attr-defined]
+
+
+def test_upload_limit_is_enforced_while_the_body_streams(settings: Settings) -> None:
+    """A body without Content-Length is cut off after the limit: the rest is never read."""
+    app = create_app(settings.replace(api_max_upload_bytes=200_000))
+    chunk, pulled, sent = 16_384, [0], []
+    head = b'--B\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\n\r\n'
+
+    async def receive() -> dict[str, Any]:
+        pulled[0] += 1
+        if pulled[0] > 1000:  # 16 MB: the app should have stopped long before
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": head if pulled[0] == 1 else b"x" * chunk, "more_body": True}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [
+        (b"authorization", f"Bearer {TOKENS['submit']}".encode()),
+        (b"content-type", b"multipart/form-data; boundary=B"),
+    ]
+    scope = {"type": "http", "method": "POST", "path": "/v1/jobs", "raw_path": b"/v1/jobs", "query_string": b"",
+             "headers": headers, "scheme": "https", "server": ("desk.test", 443), "client": ("127.0.0.1", 1),
+             "http_version": "1.1", "root_path": "", "app": app}  # fmt: skip
+    asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+    assert sent[0]["status"] == 413
+    assert pulled[0] <= 200_000 // chunk + 3  # stopped at the limit, not at the end of the body
+    with TestClient(app, base_url="https://desk.test") as client:  # a declared length over it: not read at all
+        response = client.post("/v1/jobs", headers=bearer("submit"), files=[("f", ("a.png", b"x" * 300_000))])
+        assert response.status_code == 413 and "INKQ_API_MAX_UPLOAD_BYTES" in response.text
+
+
+def sign_in(api: TestClient, role: str) -> str:
+    response = api.post("/signin", data={"token": TOKENS[role], "next": "/models"}, follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/models"
+    cookie = response.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Secure" in cookie
+    assert TOKENS[role] not in cookie
+    page = api.get("/models").text
+    return page.split('name="csrf" content="', 1)[1].split('"', 1)[0]
+
+
+def test_browser_sessions_refuse_cross_site_posts(api: TestClient) -> None:
+    job = submit(api, [("one.png", png())])["job"]
+    csrf = sign_in(api, "admin")
+    assert len(csrf) > 20
+    cancel = f"/v1/jobs/{job}/cancel"
+    assert api.post(cancel).status_code == 403  # a form post from anywhere: no CSRF token
+    assert api.post(cancel, data={"csrf": "forged"}).status_code == 403
+    evil = api.post(cancel, headers={"X-CSRF-Token": csrf, "Origin": "https://evil.example"})
+    assert evil.status_code == 403 and "cross-site" in evil.text
+    assert api.post(cancel, headers={"X-CSRF-Token": csrf, "Origin": "https://desk.test"}).status_code == 200
+    assert api.get(f"/v1/jobs/{job}").status_code == 200  # reads need no CSRF token
+    elsewhere = {"Origin": "https://evil.example"}
+    assert api.post("/signin", data={"token": TOKENS["admin"]}, headers=elsewhere).status_code == 403
+    api.cookies.set(COOKIE, api.cookies[COOKIE][:-2] + "xx")  # a tampered cookie is no session
+    assert api.get(f"/v1/jobs/{job}").status_code == 401
+
+
+def test_failed_sign_ins_are_rate_limited(api: TestClient, settings: Settings) -> None:
+    for _ in range(settings.api_signin_failures):
+        assert api.post("/signin", data={"token": "w" * 24}).status_code == 401
+    assert api.post("/signin", data={"token": TOKENS["review"]}).status_code == 429  # even the right one
+    assert api.get("/v1/review", headers=bearer("review")).status_code == 200  # bearer use is unaffected
+
+
+def test_tokens_stay_out_of_reprs_and_logs(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    from producer.web.auth import parse_tokens
+
+    assert not any(t in repr(settings) for t in TOKENS.values())
+    assert not any(t in repr(parse_tokens(settings)) for t in TOKENS.values())
+    with TestClient(create_app(settings), base_url="https://desk.test") as client:
+        client.post("/signin", data={"token": TOKENS["admin"]})
+        client.get("/v1/jobs", headers=bearer("submit"))
+    assert not any(t in caplog.text for t in TOKENS.values())
+
+
+def test_review_queue_corrections_and_labels(api: TestClient) -> None:
+    job = submit(api, [(f"{i}.png", png(i * 20)) for i in range(4)])["job"]
+    finish(api, job)
+    queue = api.get("/v1/review", headers=bearer("review")).json()
+    assert [r["index"] for r in queue] == [0, 1, 2, 3]  # least confident first
+    image = api.get(f"/v1/review/{job}/2/image", headers=bearer("review"))
+    assert image.headers["content-type"] == "image/png" and Image.open(io.BytesIO(image.content)).size == (28, 28)
+    fixed = api.post(f"/v1/review/{job}/0", json={"label": "7"}, headers=bearer("review")).json()
+    assert (fixed["label"], fixed["was"]) == (7, 0)
+    assert api.post(f"/v1/review/{job}/1", json={"label": "x"}, headers=bearer("review")).status_code == 422
+    assert api.post(f"/v1/review/{job}/3/unreadable", headers=bearer("review")).status_code == 200
+    assert [r["index"] for r in api.get("/v1/review", headers=bearer("review")).json()] == [1, 2]
+    assert api.get("/v1/labels", headers=bearer("review")).json()["count"] == 1
+    layout = zipped({"set/4/a.png": png(5), "set/5/b.png": png(60)})
+    added = api.post("/v1/labels", headers=bearer("review"), files=[("files", ("l.zip", layout))]).json()
+    assert (added["stored"], added["labels_total"]) == (2, 3)
+
+
+def test_models_promote_and_roll_back(api: TestClient) -> None:
+    desk = api.app.state.desk  # type: ignore[attr-defined]
+    registry: Registry = desk.registry
+    registry.publish(b"w1", VersionInfo(metrics={"test_accuracy": 0.98}, status="promoted"))
+    gate = {"base_heldout_accuracy_after": 0.97, "new_heldout_accuracy_after": 0.9}
+    registry.publish(b"w2", VersionInfo(parent="v1", metrics=gate), make_current=False)
+    view = api.get("/v1/models", headers=bearer("review")).json()
+    assert view["current"] == "v1" and view["versions"][1]["figures"] == {"base": 0.97, "labelled": 0.9}
+    assert api.post("/v1/models/v2/promote", headers=bearer("admin")).json() == {"current": "v2"}
+    assert api.post("/v1/models/rollback", headers=bearer("admin")).json()["current"] == "v1"
+    assert api.post("/v1/models/v9/promote", headers=bearer("admin")).status_code == 404
+    sign_in(api, "admin")
+    page = api.get("/models").text
+    assert "<svg" in page and "<polyline" in page and 'data-post="/v1/models/v2/promote"' in page

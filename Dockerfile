@@ -13,5 +13,5 @@ COPY worker worker
 COPY trainer trainer
 # bench.synth: the MNIST reader the trainer uses and the generated data `producer demo` submits.
 COPY bench bench
-RUN pip install .
+RUN pip install '.[web]'
 CMD ["celery", "-A", "worker", "worker"]

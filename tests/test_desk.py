@@ -147,9 +147,10 @@ def test_review_queue_corrected_from_the_keyboard(
 
     page = sign_in(browser, stack, "/desk")
     page.wait_for_selector("#item:not([hidden])")
-    screenshot(page, "desk-review.png")
     labelled: dict[str, int] = {}
     for step in range(14):
+        if step == 4:
+            screenshot(page, "desk-review.png")
         name = page.inner_text("#where").split(" ", 1)[0].rsplit("/", 1)[-1]
         shown = page.inner_text("#reading")
         answer = page.locator("#answer")

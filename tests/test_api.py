@@ -13,12 +13,14 @@ import io
 import json
 import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from config.errors import ConfigError
 from config.settings import Settings
 from producer.web import create_app
 from producer.web.auth import COOKIE
@@ -166,13 +168,13 @@ def test_upload_limit_is_enforced_while_the_body_streams(settings: Settings) -> 
         assert response.status_code == 413 and "INKQ_API_MAX_UPLOAD_BYTES" in response.text
 
 
-def sign_in(api: TestClient, role: str) -> str:
-    response = api.post("/signin", data={"token": TOKENS[role], "next": "/models"}, follow_redirects=False)
-    assert response.status_code == 303 and response.headers["location"] == "/models"
+def sign_in(api: TestClient, role: str, where: str = "/models") -> str:
+    response = api.post("/signin", data={"token": TOKENS[role], "next": where}, follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == where
     cookie = response.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Secure" in cookie
     assert TOKENS[role] not in cookie
-    page = api.get("/models").text
+    page = api.get(where).text
     return page.split('name="csrf" content="', 1)[1].split('"', 1)[0]
 
 
@@ -243,3 +245,24 @@ def test_models_promote_and_roll_back(api: TestClient) -> None:
     sign_in(api, "admin")
     page = api.get("/models").text
     assert "<svg" in page and "<polyline" in page and 'data-post="/v1/models/v2/promote"' in page
+
+
+def test_tokens_are_required_and_checked_at_start(redis_url: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no API tokens"):
+        create_app(Settings(redis_url=redis_url))
+    for bad in ("alice:root:" + "x" * 24, "alice:admin:short", "a:admin:" + "x" * 24 + ",a:review:" + "y" * 24):
+        with pytest.raises(ConfigError) as refused:
+            create_app(Settings(redis_url=redis_url, api_tokens=bad))
+        assert "x" * 24 not in str(refused.value)  # the message names the entry, never the token
+    listed = tmp_path / "tokens"
+    listed.write_text("# desk users\nbea:review:" + "b" * 24 + "\n")
+    with TestClient(create_app(Settings(redis_url=redis_url, api_tokens_file=str(listed)))) as client:
+        assert client.get("/v1/review", headers={"Authorization": "Bearer " + "b" * 24}).status_code == 200
+
+
+def test_jobs_page_shows_progress_and_downloads(api: TestClient) -> None:
+    job = submit(api, [("one.png", png()), ("two.png", png(30))])["job"]
+    sign_in(api, "submit", "/jobs")
+    page = api.get("/jobs").text
+    assert job in page and '<progress max="2" value="0">' in page and f"/v1/jobs/{job}/results?format=csv" in page
+    assert api.get("/models").status_code == 403  # a submitter sees no models

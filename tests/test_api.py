@@ -219,7 +219,9 @@ def test_review_queue_corrections_and_labels(api: TestClient) -> None:
     queue = api.get("/v1/review", headers=bearer("review")).json()
     assert [r["index"] for r in queue] == [0, 1, 2, 3]  # least confident first
     image = api.get(f"/v1/review/{job}/2/image", headers=bearer("review"))
-    assert image.headers["content-type"] == "image/png" and Image.open(io.BytesIO(image.content)).size == (28, 28)
+    shown = Image.open(io.BytesIO(image.content)).convert("RGB")
+    assert image.headers["content-type"] == "image/png" and shown.size == (112, 112)  # enlarged 4x
+    assert shown.getpixel((8 * 4 - 1, 50)) == (37, 99, 235) and shown.getpixel((4, 4)) == (255, 255, 255)  # the box
     fixed = api.post(f"/v1/review/{job}/0", json={"label": "7"}, headers=bearer("review")).json()
     assert (fixed["label"], fixed["was"]) == (7, 0)
     assert api.post(f"/v1/review/{job}/1", json={"label": "x"}, headers=bearer("review")).status_code == 422

@@ -20,7 +20,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
-from PIL import Image
+from PIL import Image, ImageDraw
 from pydantic import BaseModel, Field
 
 from config.errors import ImageError, JobNotFoundError
@@ -154,7 +154,7 @@ def review(
 
 @router.get("/review/{job}/{index}/image", tags=["review"], response_class=Response)
 def review_image(request: Request, job: str, index: int, caller: Reviewer) -> Response:
-    """The item's image as PNG (whatever format it was submitted in)."""
+    """The item's image as PNG (whatever format it was submitted in), its character's box drawn."""
     desk = desk_of(request)
     row = desk.client.jobs.result(job, index)
     if not row or not isinstance(row.get("digest"), str):
@@ -167,8 +167,20 @@ def review_image(request: Request, job: str, index: int, caller: Reviewer) -> Re
     except ImageError as exc:
         raise HTTPException(422, str(exc)) from exc
     out = io.BytesIO()
-    Image.fromarray((np.clip(gray, 0, 1) * 255).astype(np.uint8)).save(out, format="PNG")
+    boxed(gray).save(out, format="PNG")
     return Response(out.getvalue(), media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+
+def boxed(gray: np.ndarray) -> Image.Image:
+    """The page as seen (small scans enlarged), with the character's box (its ink) drawn in blue."""
+    image = Image.fromarray((np.clip(gray, 0, 1) * 255).astype(np.uint8)).convert("RGB")
+    scale = max(1, 112 // max(image.size))
+    image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    rows, cols = np.nonzero(gray < 0.5)
+    if rows.size:
+        box = (cols.min() * scale - 1, rows.min() * scale - 1, (cols.max() + 1) * scale, (rows.max() + 1) * scale)
+        ImageDraw.Draw(image).rectangle(box, outline=(37, 99, 235), width=max(1, scale // 2))
+    return image
 
 
 @router.post("/review/{job}/{index}", tags=["review"])

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -111,7 +112,8 @@ def create_app(settings: Settings | None = None, retrain: RetrainRunner | None =
             and "text/html" in request.headers.get("accept", "")
             and request.url.path != "/signin"
         ):
-            return RedirectResponse(f"/signin?next={request.url.path}", status_code=303)
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/signin?next={quote(target)}", status_code=303)
         return JSONResponse({"detail": exc.detail}, status_code=401, headers=exc.headers)
 
     return app

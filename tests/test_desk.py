@@ -76,7 +76,7 @@ def stack(
         "INKQ_REVIEW_THRESHOLD": "1.01",  # every reading goes to review
         "INKQ_DATA_ROOT": str(mnist_root),
         "INKQ_DEVICE": "cpu",
-        "INKQ_RETRAIN_EPOCHS": "2",
+        "INKQ_RETRAIN_EPOCHS": "1",
         "INKQ_VAL_SIZE": "500",
         "INKQ_BASE_TOLERANCE": "0.05",
         "PYTHONUNBUFFERED": "1",

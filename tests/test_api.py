@@ -268,3 +268,14 @@ def test_jobs_page_shows_progress_and_downloads(api: TestClient) -> None:
     page = api.get("/jobs").text
     assert job in page and '<progress max="2" value="0">' in page and f"/v1/jobs/{job}/results?format=csv" in page
     assert api.get("/models").status_code == 403  # a submitter sees no models
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_api_benchmark_runs_at_a_tiny_size(mnist_root: Path) -> None:
+    """`python -m bench.api` at 40 images, so the benchmark behind BENCHMARKS.md cannot rot."""
+    from bench.api import run
+
+    result = run(40, mnist_root)
+    assert set(result["images_per_second"]) == {"producer submit", "API, one zip", "API, multipart files"}
+    assert all(rate > 0 for rate in result["images_per_second"].values())

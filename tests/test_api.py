@@ -244,6 +244,9 @@ def test_models_promote_and_roll_back(api: TestClient) -> None:
     assert api.post("/v1/models/v2/promote", headers=bearer("admin")).json() == {"current": "v2"}
     assert api.post("/v1/models/rollback", headers=bearer("admin")).json()["current"] == "v1"
     assert api.post("/v1/models/v9/promote", headers=bearer("admin")).status_code == 404
+    with registry.lock(30, "a retrain elsewhere"):
+        busy = api.post("/v1/models/v2/promote", headers=bearer("admin"))
+        assert busy.status_code == 409 and "running" in busy.text
     sign_in(api, "admin")
     page = api.get("/models").text
     assert "<svg" in page and "<polyline" in page and 'data-post="/v1/models/v2/promote"' in page

@@ -27,8 +27,8 @@ from config.errors import ImageError, JobNotFoundError
 from producer.cli import FIELDS, _cell
 from producer.client import Client
 from producer.labelling import from_folder
-from producer.web.app import desk_of, require
 from producer.web.auth import Caller, Role
+from producer.web.deps import desk_of, require
 from producer.web.models import overview, promote, rollback
 from producer.web.uploads import Budget, read_form, uploaded_images
 from recognizer import scan

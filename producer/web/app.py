@@ -6,9 +6,6 @@ with jobs, results and labels goes through ``producer.Client``.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -16,59 +13,23 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from config.errors import InkqError, JobNotFoundError, VersionNotFoundError
+from config.errors import InkqError, JobNotFoundError, LockLostError, RegistryConflictError, VersionNotFoundError
 from config.settings import Settings, load_settings
 from producer.client import Client
-from producer.web.auth import Auth, Caller, Role
+from producer.web.api import router as api_router
+from producer.web.auth import Auth
+from producer.web.deps import Desk
 from producer.web.models import RetrainRunner
+from producer.web.pages import router as pages_router
+from storage.lock import LockHeldError
 from storage.registry import Registry
 
-__all__ = ["Desk", "create_app", "desk_of", "require"]
+__all__ = ["create_app"]
 
-log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 
 
-@dataclass
-class Desk:
-    """What every request handler shares."""
-
-    settings: Settings
-    client: Client
-    auth: Auth
-    registry: Registry
-    retrain: RetrainRunner
-
-
-def desk_of(request: Request) -> Desk:
-    desk: Desk = request.app.state.desk
-    return desk
-
-
-def require(role: Role) -> Callable[[Request], Awaitable[Caller]]:
-    """A dependency admitting callers with at least ``role``; cookie callers must also pass CSRF."""
-
-    async def dependency(request: Request) -> Caller:
-        desk = desk_of(request)
-        caller = desk.auth.caller(request)
-        if caller is None:
-            raise HTTPException(
-                401,
-                "missing or wrong token: send Authorization: Bearer TOKEN (INKQ_API_TOKENS) or sign in at /signin",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        if not caller.allowed(role):
-            raise HTTPException(403, f"{caller.name} has role {caller.role}; this needs {role} or above")
-        desk.auth.check_csrf(request, caller)
-        return caller
-
-    return dependency
-
-
 def create_app(settings: Settings | None = None, retrain: RetrainRunner | None = None) -> FastAPI:
-    from producer.web.api import router as api_router
-    from producer.web.pages import router as pages_router
-
     settings = settings or load_settings()
     client = Client(settings)
     desk = Desk(settings, client, Auth(settings, client.redis, client.keys), Registry(client.redis, client.keys),
@@ -99,6 +60,13 @@ def create_app(settings: Settings | None = None, retrain: RetrainRunner | None =
     @app.exception_handler(VersionNotFoundError)
     async def not_found(request: Request, exc: InkqError) -> Response:
         return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(LockHeldError)
+    @app.exception_handler(LockLostError)
+    @app.exception_handler(RegistryConflictError)
+    async def busy(request: Request, exc: InkqError) -> Response:
+        # Another train, retrain or rollback holds the registry: try again once it is done.
+        return JSONResponse({"detail": str(exc)}, status_code=409)
 
     @app.exception_handler(InkqError)
     async def refused(request: Request, exc: InkqError) -> Response:

@@ -14,8 +14,9 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from producer.web.app import desk_of, require
+from producer.web.api import jobs
 from producer.web.auth import COOKIE, Caller, Role
+from producer.web.deps import desk_of, require
 from producer.web.models import overview
 from producer.web.plot import accuracy_svg
 
@@ -101,8 +102,6 @@ def review_page(request: Request, caller: Reviewer, job: str | None = None) -> R
 
 @router.get("/jobs")
 def jobs_page(request: Request, caller: Submitter) -> Response:
-    from producer.web.api import jobs
-
     return page(request, "jobs.html", caller, jobs=jobs(request, caller))
 
 

@@ -2,7 +2,7 @@
 
     python -m bench                  # everything at full size (about 15 minutes on 2 cores)
     python -m bench --quick          # a smoke run: the same code paths at tiny sizes
-    python -m bench --part model     # only some parts: model, e2e, latency, start, retrain
+    python -m bench --part model     # only some parts: model, e2e, fields, latency, start, retrain
 
 The model under test is the registry's current version at INKQ_REDIS_URL; the end-to-end parts
 copy it into a private Redis of their own and start real worker processes there.
@@ -20,11 +20,11 @@ from typing import Any
 
 import click
 
-from bench import common, model_only, pipeline, plots
+from bench import common, fieldpipe, model_only, pipeline, plots
 from bench.synth import load_mnist, write_digits
 from config.settings import load_settings
 
-PARTS = ("model", "e2e", "latency", "start", "retrain")
+PARTS = ("model", "e2e", "fields", "latency", "start", "retrain")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -86,7 +86,7 @@ def main(quick: bool, parts: tuple[str, ...], images: int | None, data_root: str
         click.echo(model_only.report(figures))
         result |= figures
 
-    pipeline_parts = [p for p in ("e2e", "latency", "start", "retrain") if p in selected]
+    pipeline_parts = [p for p in ("e2e", "fields", "latency", "start", "retrain") if p in selected]
     if pipeline_parts:
         test_images, test_labels = load_mnist(root, train=False)
         n = images or (200 if quick else 10_000)
@@ -103,6 +103,8 @@ def main(quick: bool, parts: tuple[str, ...], images: int | None, data_root: str
                 result["naive"] = pipeline.naive_baseline(s, work / "digits", truth, 40 if quick else 1000)
                 click.echo(report_e2e(result))
                 result["e2e_by_preprocess_workers"] = preprocess_pools(s, work / "digits", truth, result["e2e"])
+            if "fields" in pipeline_parts:
+                result["fields_e2e"] = fields_part(s, work, test_images, test_labels, truth, quick, result.get("e2e"))
             if "latency" in pipeline_parts:
                 files = sorted(truth)[:200]
                 runs = {
@@ -157,6 +159,30 @@ def preprocess_pools(
     return out
 
 
+def fields_part(
+    s: pipeline.Stack,
+    work: Path,
+    images: Any,
+    labels: Any,
+    digits: dict[str, int],
+    quick: bool,
+    e2e: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Fields end to end, and single digits through the same stack unless e2e just ran."""
+    field_truth = fieldpipe.write_field_set(work / "fields", images, labels, 20 if quick else 600)
+    run = fieldpipe.fields_end_to_end(s, work / "fields", field_truth)
+    single = e2e or pipeline.end_to_end(s, work / "digits", digits)
+    run["single_digits_per_second"] = single["images_per_second"]
+    run["chars_vs_single"] = run["chars_per_second"] / single["images_per_second"]
+    exact = ", ".join(f"{k} {v:.1%}" for k, v in sorted(run["exact"].items()))
+    click.echo(
+        f"fields end to end: {run['fields']} fields in {run['seconds']:.1f}s = {run['fields_per_second']:.1f} "
+        f"fields/s, {run['chars_per_second']:.0f} characters/s ({run['chars_vs_single']:.0%} of "
+        f"{single['images_per_second']:.0f} single digits/s); exact: {exact}"
+    )
+    return run
+
+
 def report_e2e(result: dict[str, Any]) -> str:
     e2e, naive = result["e2e"], result["naive"]
     stages = ", ".join(f"{k} {v:.0%}" for k, v in e2e["stage_share"].items())
@@ -198,6 +224,9 @@ def goals(result: dict[str, Any]) -> list[str]:
             f"goal end to end >= 100x textbook recipe: "
             f"{result['e2e']['images_per_second'] / result['textbook_recipe']:.1f}x"
         )
+    if "fields_e2e" in result:
+        ratio = result["fields_e2e"]["chars_vs_single"]
+        lines.append(f"goal fields end to end >= 50% of single digits' characters/s: {ratio:.0%}")
     if "latency_ms" in result:
         lat = result["latency_ms"]
         lines.append(f"goal light load p50 <= 15 ms and p99 <= 50 ms: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms")

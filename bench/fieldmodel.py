@@ -67,9 +67,10 @@ def from_file(weights: Path) -> TrainedModel:
 
 def engine_from(model: TrainedModel, *, compile: bool = False) -> Engine:
     """An engine as a worker would build it (eager by default: a short run does not pay for a compile)."""
+    classes = artifact.classes(model.weights)
     return Engine.from_weights(
         model.weights,
-        dict(network.DEFAULT_ARCH),
+        dict(network.DEFAULT_ARCH) | {"num_classes": classes},
         temperature=model.temperature,
         compile=compile,
         buckets=(1, 8, 32, 128),

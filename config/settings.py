@@ -201,6 +201,12 @@ class Settings:
     learning_rate: float = _field(0.08, "Peak learning rate of the one-cycle schedule.", minimum=0.0)
     seed: int = _field(0, "Seed for data split, initialisation and augmentation.", minimum=0)
     val_size: int = _field(2000, "Training images held out for validation and model selection.", minimum=1)
+    field_stage_fields: int = _field(
+        5000,
+        "Generated fields (from training digits) whose cut characters, and cuts that are no character, "
+        "teach the base model to read fields after its MNIST epochs; 0 skips it (a ten-class model).",
+        minimum=0,
+    )
 
     # Fine-tuning on labelled samples (`trainer retrain`, `trainer watch`)
     retrain_epochs: int = _field(8, "Epochs over new labels plus replay in one retrain.", minimum=1)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +12,8 @@ from config.cli import Group, emit_json, setup
 from config.settings import Settings, env_var
 from producer.client import Client, count_candidates
 from producer.deadletters import dead_letters
+from producer.fieldopts import field_options
+from producer.formats import write_results
 from producer.healthcli import health, probe_command
 from producer.jobcli import announce, cancel, check_settled, hint, resumable_on_interrupt
 from producer.labelcli import label, review
@@ -68,6 +68,7 @@ def cli(ctx: click.Context) -> None:
     show_envvar=True,
     help="Queue the items of JOB whose submit was interrupted (instead of PATHS).",
 )
+@field_options
 @click.pass_obj
 def submit(
     settings: Settings,
@@ -77,6 +78,7 @@ def submit(
     chunk_size: int | None,
     progress: bool | None,
     resume: str | None,
+    read: dict[str, Any] | None,
 ) -> None:
     """Queue every image under PATHS (files or folders, recursively) as one job; print its id.
 
@@ -92,9 +94,11 @@ def submit(
     with resumable_on_interrupt(seen):
         if show:
             with click.progressbar(length=count_candidates(paths), label="submitting", file=sys.stderr) as bar:
-                report = client.submit(list(paths), wait_for_room=wait_for_room, progress=bar.update, started=started)
+                report = client.submit(
+                    list(paths), wait_for_room=wait_for_room, progress=bar.update, started=started, read=read
+                )
         else:
-            report = client.submit(list(paths), wait_for_room=wait_for_room, started=started, resume=resume)
+            report = client.submit(list(paths), wait_for_room=wait_for_room, started=started, resume=resume, read=read)
     for bad in report.rejected:
         click.echo(f"rejected {bad['path']}: {bad['error']}", err=True)
     if as_json:
@@ -152,9 +156,6 @@ def status(
         check_settled(s, timeout)
 
 
-FIELDS = ["item", "label", "confidence", "top3", "model_version", "error"]
-
-
 @cli.command()
 @click.argument("job")
 @click.option(
@@ -189,22 +190,8 @@ def results(settings: Settings, job: str, wait: bool, timeout: float | None, fmt
         check_settled(follow(client, job, timeout, mode_for(sys.stderr, progress), sys.stderr), timeout)
     elif hint(s := client.status(job)):
         click.echo(hint(s), err=True)
-    rows = client.iter_results(job)
-    if fmt == "jsonl":
-        out = sys.stdout
-        for row in rows:
-            out.write(json.dumps(row, separators=(",", ":")) + "\n")
-        return
-    writer = csv.writer(sys.stdout)
-    writer.writerow(FIELDS)
-    for row in rows:
-        writer.writerow([_cell(row.get(name)) for name in FIELDS])
-
-
-def _cell(value: Any) -> Any:
-    if isinstance(value, list):
-        return ";".join(f"{label}:{conf:.4f}" for label, conf in value)
-    return "" if value is None else value
+    fields = client.jobs.reading(job).get("kind") == "field"
+    write_results(client.iter_results(job), fmt, sys.stdout, fields=fields)
 
 
 def demo_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -233,6 +220,15 @@ def demo_options(command: Callable[..., None]) -> Callable[..., None]:
     show_envvar=True,
     help="How many MNIST test digits to write and submit.",
 )
+@click.option(
+    "--fields",
+    type=click.IntRange(min=0),
+    default=200,
+    show_default=True,
+    envvar="INKQ_DEMO_FIELDS",
+    show_envvar=True,
+    help="Generated fields read after the digits (half comb-box ZIP codes, half free numbers).",
+)
 @demo_options
 @click.option(
     "--keep",
@@ -243,11 +239,13 @@ def demo_options(command: Callable[..., None]) -> Callable[..., None]:
 )
 @click.option("--json", "as_json", is_flag=True, envvar="INKQ_JSON", show_envvar=True)
 @click.pass_obj
-def demo_command(settings: Settings, count: int, epochs: int, data_root: str | None, keep: bool, as_json: bool) -> None:
-    """Run the whole pipeline on this machine: Redis, model, worker, a few hundred digits."""
+def demo_command(
+    settings: Settings, count: int, fields: int, epochs: int, data_root: str | None, keep: bool, as_json: bool
+) -> None:
+    """Run the whole pipeline on this machine: Redis, model, worker, digits and fields."""
     from producer.demo import demo
 
-    summary = demo(settings.replace(data_root=data_root), count=count, epochs=epochs, keep=keep)
+    summary = demo(settings.replace(data_root=data_root), count=count, epochs=epochs, keep=keep, fields=fields)
     if as_json:
         emit_json(summary)
         return
@@ -257,6 +255,8 @@ def demo_command(settings: Settings, count: int, epochs: int, data_root: str | N
         f"{summary['images_per_second']:.0f} images/s end to end ({summary['seconds']:.2f}s from submit to the "
         f"last result; {summary['batches']} batches, largest {summary['largest_batch']})"
     )
+    for kind, f in summary["fields"].items():
+        click.echo(f"{f['fields']} {kind} fields: {f['exact']:.1%} read exactly, {f['review']} marked for review")
 
 
 @cli.command("finetune-demo")

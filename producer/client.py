@@ -24,6 +24,7 @@ from typing import Any
 from config.errors import ImageError, InkqError
 from config.settings import Settings, load_settings
 from producer.export import export_review
+from producer.fieldopts import check_reading
 from producer.files import Found, find_images, read_capped
 from producer.labelling import Candidate, LabelError, parse_label, validate
 from recognizer import scan
@@ -36,7 +37,7 @@ from storage.lifecycle import Lifecycle
 from storage.redis_checks import check_store
 
 # What `producer review` shows of each result marked for review.
-REVIEW_FIELDS = ("item", "digest", "label", "confidence", "top3")
+REVIEW_FIELDS = ("item", "digest", "label", "confidence", "top3", "text", "review_reasons", "chars")
 # Images are read, hashed and stored in groups this size: one Redis round trip per group.
 STORE_GROUP = 256
 
@@ -89,19 +90,24 @@ class Client:
         progress: Callable[[int], None] | None = None,
         started: Callable[[str, int], None] | None = None,
         resume: str | None = None,
+        read: dict[str, Any] | None = None,
     ) -> SubmitReport:
         """Validate and store every image under ``paths``, create a job and queue its items.
+        ``read`` (``{"kind": "field", "rule": {...}}``, see producer/fieldopts.py) reads each
+        image as a field of digits instead of one character.
 
         The job and its manifest exist before the first message is queued; ``started(job,
         items)`` is called then, so a caller can tell the user which job to resume should the
         submit stop half-way. With ``resume=JOB`` the paths are ignored: see ``resume``.
         """
+        if read:
+            check_reading(read)
         if resume is not None:
             return self.resume(resume, wait_for_room=wait_for_room, room_timeout=room_timeout, started=started)
         files = ((found.path, self._read(found)) for found in find_images(paths))
         return self.submit_blobs(
             files, {"paths": paths[:20]}, wait_for_room=wait_for_room, room_timeout=room_timeout,
-            progress=progress, started=started, what=", ".join(paths),
+            progress=progress, started=started, what=", ".join(paths), read=read,
         )  # fmt: skip
 
     def submit_blobs(
@@ -114,9 +120,13 @@ class Client:
         progress: Callable[[int], None] | None = None,
         started: Callable[[str, int], None] | None = None,
         what: str = "the upload",
+        read: dict[str, Any] | None = None,
     ) -> SubmitReport:
         """``submit`` for images already in hand (the HTTP API's uploads): (name, bytes) pairs,
         or (name, reason) for one refused before it got here. Each is checked as a file is."""
+        if read:
+            check_reading(read)
+            meta = meta | {"read": read}
         items: list[tuple[int, str, str]] = []
         rejected: list[dict[str, str]] = []
         stored = 0
@@ -262,7 +272,8 @@ class Client:
     def correct(self, job: str, item: str, label: str) -> dict[str, Any]:
         """Label one item of a job: ``item`` is its index or its path as submitted, looked up in
         the job's manifest, so it works before the item has a result (``was`` is then None)."""
-        target = parse_label_or_raise(label)
+        # A field job's item is corrected with the field's text; a digit job's with a digit.
+        target = parse_label_or_raise(label, fields=self.jobs.reading(job).get("kind") == "field")
         found = self.jobs.item(job, item)
         if found is None:
             raise LabelError(
@@ -275,7 +286,8 @@ class Client:
             raise LabelError(f"the image of {item!r} has expired (INKQ_RESULT_TTL_S); label it from its file")
         self.labels.add([(digest, data, target, path)], source=f"correction:{job}")
         self.jobs.unmark_review(job, index)
-        return {"job": job, "index": index, "item": path, "label": target, "was": row["label"] if row else None}
+        was = (row.get("text") if row.get("kind") == "field" else row.get("label")) if row else None
+        return {"job": job, "index": index, "item": path, "label": target, "was": was}
 
     def review(self, job: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """Results marked for review (low confidence) whose image nobody has labelled yet."""
@@ -316,9 +328,9 @@ class Client:
         return status.as_dict() | {"cancelled_items": cancelled or 0, "was_complete": cancelled is None}
 
 
-def parse_label_or_raise(raw: str) -> int:
+def parse_label_or_raise(raw: str, *, fields: bool) -> int | str:
     try:
-        return parse_label(raw)
+        return parse_label(raw, fields=fields)
     except ValueError as exc:
         raise LabelError(str(exc)) from exc
 

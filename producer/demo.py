@@ -3,8 +3,10 @@
 Starts a private Redis (unless INKQ_REDIS_URL is set), gets a model (the registry's current
 one, else trains a short base model), starts a worker, writes MNIST test digits as scan-like
 image files, submits them with `producer submit`, waits for the results and prints accuracy
-and throughput. Everything it starts, it stops. No torch here: the heavy parts are the real
-`trainer` and `celery -A worker worker` commands, run as subprocesses.
+and throughput; then a few hundred generated fields (comb-box ZIP codes, free numbers) with
+`producer submit --field`, and the share read exactly. Everything it starts, it stops. No
+torch here: the heavy parts are the real `trainer` and `celery -A worker worker` commands, run
+as subprocesses.
 """
 
 from __future__ import annotations
@@ -24,7 +26,17 @@ from typing import Any
 import click
 import numpy as np
 
-from bench.synth import load_mnist, outlined, page_scans, start_worker, stop, write_digits
+from bench.synth import (
+    STYLES,
+    DigitPool,
+    load_mnist,
+    outlined,
+    page_scans,
+    start_worker,
+    stop,
+    write_digits,
+    write_fields,
+)
 from config.errors import InkqError
 from config.settings import Settings
 from producer.local import local_redis, script
@@ -68,10 +80,10 @@ def pipeline(settings: Settings, epochs: int) -> Iterator[tuple[dict[str, str], 
         yield env, registry, name
 
 
-def recognise(env: dict[str, str], folder: Path) -> tuple[list[dict[str, Any]], float]:
+def recognise(env: dict[str, str], folder: Path, *options: str) -> tuple[list[dict[str, Any]], float]:
     """`producer submit` a folder and `producer results --wait`: the rows and the seconds taken."""
     start = time.perf_counter()
-    out = run([*script("producer"), "submit", str(folder), "--json"], env, capture_output=True).stdout
+    out = run([*script("producer"), "submit", str(folder), "--json", *options], env, capture_output=True).stdout
     job = json.loads(out.strip().splitlines()[-1])["job"]
     lines = run(
         [*script("producer"), "results", job, "--wait", "--timeout", "1800", "--format", "jsonl"],
@@ -85,7 +97,23 @@ def accuracy(rows: list[dict[str, Any]], truth: dict[str, int]) -> float:
     return sum(1 for r in rows if r["label"] == truth.get(r["item"])) / max(len(rows), 1)
 
 
-def demo(settings: Settings, *, count: int, epochs: int, keep: bool) -> dict[str, Any]:
+def read_fields(
+    env: dict[str, str], folder: Path, images: np.ndarray, labels: np.ndarray, count: int
+) -> dict[str, Any]:
+    """Comb-box ZIP codes (``--field --length 5``) and free 3-8-digit numbers (``--field``): the
+    share read exactly, and how fast."""
+    pool = DigitPool(images, labels)
+    out: dict[str, Any] = {}
+    for kind, options in (("comb", ["--length", "5"]), ("free", [])):
+        truth = write_fields(folder / kind, pool, count // 2, STYLES[kind], seed=5)
+        rows, seconds = recognise(env, folder / kind, "--field", *options)
+        exact = sum(1 for r in rows if r["text"] == truth.get(r["item"])) / max(len(rows), 1)
+        say(f"{len(rows)} {kind} fields: {exact:.1%} read exactly ({len(rows) / seconds:.1f} fields/s)")
+        out[kind] = {"fields": len(rows), "exact": exact, "review": sum(1 for r in rows if r["review"])}
+    return out
+
+
+def demo(settings: Settings, *, count: int, epochs: int, keep: bool, fields: int = 200) -> dict[str, Any]:
     with pipeline(settings, epochs) as (env, registry, _), tempfile.TemporaryDirectory(prefix="inkq-demo-") as tmp:
         folder = Path(tmp) / "scans"
         images, labels = load_mnist(settings.path("data_root"), train=False)
@@ -95,6 +123,7 @@ def demo(settings: Settings, *, count: int, epochs: int, keep: bool) -> dict[str
         if keep:
             shutil.copytree(folder, STATE_DIR / "scans", dirs_exist_ok=True)
         batches = sorted({r["batch"]["id"]: r["batch"]["size"] for r in results if r["batch"]}.values())
+        field_figures = read_fields(env, Path(tmp) / "fields", images, labels, fields) if fields else {}
         return {
             "items": len(results),
             "accuracy": accuracy(results, truth),
@@ -104,6 +133,7 @@ def demo(settings: Settings, *, count: int, epochs: int, keep: bool) -> dict[str
             "model_version": registry.current(),
             "batches": len(batches),
             "largest_batch": batches[-1] if batches else 0,
+            "fields": field_figures,
         }
 
 

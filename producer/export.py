@@ -35,7 +35,10 @@ def export_review(rows: list[dict[str, Any]], images: list[bytes | None], folder
             continue
         name = f"{job}-{index:06d}{_suffix_of(data)}"
         _write_new(folder / name, data)
-        label = row.get("label")
+        label, text = row.get("label"), row.get("text")
+        if isinstance(text, str) and text.isascii() and text.isdigit() and len(text) <= 64:  # a field: its reading
+            sheet.append([name, text])
+            continue
         sheet.append([name, str(label) if type(label) is int and 0 <= label < NUM_CLASSES else ""])
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(sheet)

@@ -16,6 +16,7 @@ from config.errors import ImageError, InkqError
 from config.settings import Settings
 from producer.files import read_capped
 from recognizer import scan
+from recognizer.rules import MAX_LENGTH
 from storage.labels import NUM_CLASSES
 
 
@@ -27,6 +28,7 @@ class LabelError(InkqError):
 class Candidate:
     path: Path
     label: str  # as given, validated later
+    fields: bool = True  # may the label be a field's text (a folder per label holds digits only)
 
 
 def from_folder(root: Path) -> list[Candidate]:
@@ -37,7 +39,7 @@ def from_folder(root: Path) -> list[Candidate]:
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
         for path in sorted(sub.rglob("*")):
             if path.is_file() and path.suffix.lower() in scan.SUPPORTED_SUFFIXES:
-                out.append(Candidate(path, sub.name))
+                out.append(Candidate(path, sub.name, fields=False))
     stray = sorted(p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in scan.SUPPORTED_SUFFIXES)
     if stray:
         raise LabelError(
@@ -47,8 +49,9 @@ def from_folder(root: Path) -> list[Candidate]:
 
 
 def from_csv(csv_path: Path, root: Path | None = None) -> list[Candidate]:
-    """Rows of ``path,label`` (a header row is optional); relative paths are read from the CSV's
-    folder, and every path must lie inside ``root`` (default: that folder)."""
+    """Rows of ``path,label`` or ``path,text`` (a field's digits; a header row is optional);
+    relative paths are read from the CSV's folder, and every path must lie inside ``root``
+    (default: that folder)."""
     base = csv_path.parent.resolve()
     root = (root or base).resolve()
     try:
@@ -57,7 +60,7 @@ def from_csv(csv_path: Path, root: Path | None = None) -> list[Candidate]:
         raise LabelError(f"cannot read {csv_path}: {exc}") from exc
     out, problems = [], []
     for number, row in enumerate(rows, start=1):
-        if not row or (number == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]):
+        if not row or (number == 1 and [c.strip().lower() for c in row[:2]] in (["path", "label"], ["path", "text"])):
             continue
         if len(row) != 2:
             problems.append(f"{csv_path}:{number}: expected 2 columns (path,label), got {len(row)}")
@@ -72,18 +75,23 @@ def from_csv(csv_path: Path, root: Path | None = None) -> list[Candidate]:
     return out
 
 
-def parse_label(raw: str) -> int:
-    if not raw.strip().isdigit() or not 0 <= int(raw) < NUM_CLASSES:
-        raise ValueError(f"label {raw!r} is not one of 0-{NUM_CLASSES - 1}")
-    return int(raw)
+def parse_label(raw: str, *, fields: bool = True) -> int | str:
+    """A digit 0-9 (a single character), or with ``fields`` the text of a field of 2 to
+    MAX_LENGTH digits."""
+    text = raw.strip()
+    longest = MAX_LENGTH if fields else 1
+    if not (text.isascii() and text.isdigit()) or len(text) > longest:
+        also = f" nor a field's text of up to {MAX_LENGTH} digits" if fields else ""
+        raise ValueError(f"label {raw!r} is not one of 0-{NUM_CLASSES - 1}{also}")
+    return int(text) if len(text) == 1 else text
 
 
-def validate(candidates: list[Candidate], settings: Settings) -> list[tuple[str, bytes, int, str]]:
+def validate(candidates: list[Candidate], settings: Settings) -> list[tuple[str, bytes, int | str, str]]:
     """(digest, bytes, label, path) for every candidate, or LabelError listing every problem."""
     samples, problems = [], []
     for c in candidates:
         try:
-            label = parse_label(c.label)
+            label = parse_label(c.label, fields=c.fields)
             data = read_capped(c.path, settings.max_image_bytes)  # over: refused by scan
             scan.preprocess(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
         except (ValueError, ImageError) as exc:

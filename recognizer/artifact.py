@@ -21,3 +21,11 @@ def load_into(model: nn.Module, data: bytes) -> nn.Module:
     except Exception as exc:
         raise ArtifactCorruptError(f"model weights do not load: {exc}") from exc
     return model
+
+
+def classes(data: bytes) -> int:
+    """How many classes the network in these weights outputs: ten digits, or eleven with "reject"."""
+    try:
+        return int(load(data)["fc.weight"].shape[0])
+    except Exception as exc:
+        raise ArtifactCorruptError(f"model weights have no readable output layer: {exc}") from exc

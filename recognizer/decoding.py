@@ -22,6 +22,7 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "ImageInfo",
     "decode",
+    "decode_colour",
     "describe_exception",
     "probe",
 ]
@@ -123,6 +124,28 @@ def decode(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
     if not np.isfinite(gray).all():
         raise ImageDecodeError("image has pixels that are not a number or infinite (a corrupt float image)")
     return gray
+
+
+def decode_colour(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """Image bytes -> uint8 RGB (H, W, 3) as the page looks, for the field reader: a printed
+    rule in a drop-out colour is told from ink by its colour. Same limits, orientation,
+    transparency and errors as ``decode``."""
+    img = _open(data, max_bytes, max_pixels)
+    try:
+        img.seek(0)
+        upright = _load_upright(img)
+        if upright.mode.startswith("I") or upright.mode == "F":  # 16-bit and float pages: via grey
+            rgb = np.repeat(np.round(_grayscale(upright) * 255).astype(np.uint8)[..., None], 3, axis=2)
+        else:
+            if upright.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in upright.info:
+                rgba = upright.convert("RGBA")
+                upright = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+            rgb = np.asarray(upright.convert("RGB"), dtype=np.uint8)
+    except ImageError:
+        raise
+    except Exception as exc:
+        raise _failure("image data is truncated or corrupt", exc) from exc
+    return rgb
 
 
 def _load_upright(img: Image.Image) -> Image.Image:

@@ -32,11 +32,20 @@ log = logging.getLogger(__name__)
 BF16_MIN_AGREEMENT = 0.9995
 
 
+DIGITS = 10  # classes 0-9; a field model has an 11th, "not one character" (see ``Prediction.reject``)
+
+
 @dataclass(frozen=True)
 class Prediction:
+    """The best digit, its probability and the top three, as probabilities among digits alone;
+    ``reject`` is the model's probability that the input is no single character (a fragment or
+    two touching digits), 0.0 for a ten-class model. The field reader weighs candidates with it;
+    a single image is read as its best digit either way."""
+
     label: int
     confidence: float
     top3: list[tuple[int, float]]
+    reject: float = 0.0
 
 
 def resolve_device(device: str) -> torch.device:
@@ -190,17 +199,19 @@ class Engine:
                 chunk = torch.cat([chunk, chunk.new_zeros(size - len(chunk), *chunk.shape[1:])])
             outputs.append(self._run(chunk)[: min(len(x) - start, self.max_batch)])
         if not outputs:
-            return torch.empty(0, 10)
+            return torch.empty(0, DIGITS)
         return torch.cat(outputs) / self.temperature
 
     def predict(self, inputs: torch.Tensor | Sequence[np.ndarray]) -> list[Prediction]:
         if len(inputs) == 0:
             return []
         probs = torch.softmax(self.logits(inputs), dim=1)
-        conf, labels = probs.topk(3, dim=1)
+        reject = probs[:, DIGITS:].sum(dim=1)
+        digits = probs[:, :DIGITS] / (1.0 - reject).clamp_min(1e-12)[:, None]
+        conf, labels = digits.topk(3, dim=1)
         return [
-            Prediction(int(lab[0]), float(c[0]), [(int(a), float(b)) for a, b in zip(lab, c, strict=True)])
-            for lab, c in zip(labels.tolist(), conf.tolist(), strict=True)
+            Prediction(int(lab[0]), float(c[0]), [(int(a), float(b)) for a, b in zip(lab, c, strict=True)], float(r))
+            for lab, c, r in zip(labels.tolist(), conf.tolist(), reject.tolist(), strict=True)
         ]
 
 

@@ -42,7 +42,7 @@ from recognizer.segment import (
     width,
 )
 
-__all__ = ["CharReading", "FieldReading", "ReaderParams", "read_fields"]
+__all__ = ["CharReading", "FieldReading", "ReaderParams", "aligned_cuts", "candidates", "read_fields"]
 
 Box = tuple[int, int, int, int]
 # A crop with more separate marks than this is not one field (a page, or noise).
@@ -99,9 +99,9 @@ class _Plan:
     pieces: list[Piece]
     spans: list[tuple[int, int]]
     inputs: list[np.ndarray]
-    prior: list[float]  # per span: its shape's log-prior
+    shape: list[tuple[float, float]]  # per span: its height and width, in text heights
     boxes: list[Box]
-    skippable: list[float]  # per piece: the cost of leaving it unread
+    sizes: list[float]  # per piece: its ink, in units of a character's (the cost of leaving it unread)
     fixed: bool  # comb: each piece is one character
 
 
@@ -153,25 +153,32 @@ def _plan(image: np.ndarray, p: ReaderParams) -> _Plan:
         raise BlankImageError("only specks of ink found: nothing the size of a character")
     plan = _Plan(frame.kind, pieces, [], [], [], [], [], fixed)
     for q in pieces:
-        plan.skippable.append(p.skip_cost + len(q.ys) / (0.05 * height * height))
+        plan.sizes.append(len(q.ys) / (0.05 * height * height))
     for i, j in spans:
         span_ys, span_xs = join(pieces[i:j])
         try:
             x = render(clean, span_ys, span_xs)
         except BlankImageError:
             continue  # too faint to be a character alone: only its neighbours' runs can hold it
-        tall = (span_ys.max() - span_ys.min() + 1) / height
-        wide = width(pieces[i:j]) / height
-        prior = -p.short_cost * max(0.0, p.short - tall) - p.wide_cost * max(0.0, wide - p.wide)
+        shape = (float(span_ys.max() - span_ys.min() + 1) / height, width(pieces[i:j]) / height)
         plan.spans.append((i, j))
         plan.inputs.append(x)
-        plan.prior.append(0.0 if fixed else prior)
+        plan.shape.append(shape)
         plan.boxes.append(_box(ink.to_original, ink.shape, span_ys, span_xs))
     return plan
 
 
-def _decode(plan: _Plan, preds: list[Prediction], p: ReaderParams) -> FieldReading:
-    """The best reading of one field: dynamic programming over its pieces."""
+def _prior(plan: _Plan, k: int, p: ReaderParams) -> float:
+    """Span k's log-prior from its shape: a comb's cells fix the characters, so none there."""
+    if plan.fixed:
+        return 0.0
+    tall, wide = plan.shape[k]
+    return -p.short_cost * max(0.0, p.short - tall) - p.wide_cost * max(0.0, wide - p.wide)
+
+
+def _best(plan: _Plan, preds: list[Prediction], p: ReaderParams) -> list[int]:
+    """The spans of the best reading of one field, left to right: dynamic programming over its
+    pieces, where each piece is read within one span or skipped as dust."""
     n = len(plan.pieces)
     best = [-math.inf] * (n + 1)
     back: list[tuple[int, int] | None] = [None] * (n + 1)  # (previous end, span index or -1 for a skip)
@@ -180,11 +187,14 @@ def _decode(plan: _Plan, preds: list[Prediction], p: ReaderParams) -> FieldReadi
     for k, (_, j) in enumerate(plan.spans):
         ending.setdefault(j, []).append(k)
     for j in range(1, n + 1):
-        if best[j - 1] > -math.inf and best[j - 1] - plan.skippable[j - 1] > best[j]:
-            best[j], back[j] = best[j - 1] - plan.skippable[j - 1], (j - 1, -1)
+        skip = p.skip_cost + plan.sizes[j - 1]
+        if best[j - 1] > -math.inf and best[j - 1] - skip > best[j]:
+            best[j], back[j] = best[j - 1] - skip, (j - 1, -1)
         for k in ending.get(j, []):
             i = plan.spans[k][0]
-            score = best[i] + math.log(max(preds[k].confidence, 1e-12)) + plan.prior[k] + p.bonus
+            # The chance this span is one character and that character is its best digit.
+            likely = preds[k].confidence * (1.0 - preds[k].reject)
+            score = best[i] + math.log(max(likely, 1e-12)) + _prior(plan, k, p) + p.bonus
             if best[i] > -math.inf and score > best[j]:
                 best[j], back[j] = score, (i, k)
     chosen: list[int] = []
@@ -194,12 +204,36 @@ def _decode(plan: _Plan, preds: list[Prediction], p: ReaderParams) -> FieldReadi
         if k >= 0:
             chosen.append(k)
         j = i
+    return sorted(chosen, key=lambda k: plan.spans[k][0])
+
+
+def _decode(plan: _Plan, preds: list[Prediction], p: ReaderParams) -> FieldReading:
     chars = [
-        CharReading(preds[k].label, preds[k].confidence, preds[k].top3, plan.boxes[k])
-        for k in sorted(chosen, key=lambda k: plan.spans[k][0])
+        CharReading(preds[k].label, preds[k].confidence, preds[k].top3, plan.boxes[k]) for k in _best(plan, preds, p)
     ]
     confidence = math.prod(c.confidence for c in chars) if chars else 0.0
     return FieldReading("".join(str(c.label) for c in chars), chars, confidence, plan.layout)
+
+
+def aligned_cuts(
+    image: np.ndarray, text: str, engine: Predictor, params: ReaderParams | None = None
+) -> list[np.ndarray] | None:
+    """The network inputs of the characters of a field whose true ``text`` a person gave: the
+    best reading's cuts, when it finds as many characters as the text has (then the i-th cut is
+    the i-th character, whatever it was read as); None when the cuts cannot be trusted."""
+    p = params or ReaderParams()
+    plan = _plan(image, p)
+    if not plan.inputs:
+        return None
+    chosen = _best(plan, engine.predict(plan.inputs), p)
+    return [plan.inputs[k] for k in chosen] if len(chosen) == len(text) else None
+
+
+def candidates(image: np.ndarray, params: ReaderParams | None = None) -> tuple[str, list[np.ndarray], list[Box]]:
+    """The layout the reader found and every candidate character it would classify: the network's
+    inputs and their boxes in the crop's pixels. For cutting training characters out of fields."""
+    plan = _plan(image, params or ReaderParams())
+    return plan.layout, plan.inputs, plan.boxes
 
 
 def read_fields(

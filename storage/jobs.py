@@ -174,6 +174,17 @@ class Jobs:
             return bool(self.redis.exists(self.keys.job(job)))
         return as_text(state) != JobState.CANCELLED
 
+    def reading(self, job: str) -> dict[str, Any]:
+        """How the job's images are read: ``{}`` for single characters, or ``{"kind": "field",
+        "rule": {...}}`` (set at submit, in the job's meta)."""
+        raw = self.redis.hget(self.keys.job(job), "meta")
+        try:
+            meta = json.loads(as_text(raw)) if raw is not None else {}
+        except ValueError:
+            return {}
+        read = meta.get("read") if isinstance(meta, dict) else None
+        return read if isinstance(read, dict) else {}
+
     def status(self, job: str) -> JobStatus:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hmget(self.keys.job(job), _STATUS_FIELDS)

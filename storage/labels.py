@@ -24,17 +24,30 @@ NUM_CLASSES = 10
 
 @dataclass(frozen=True)
 class Sample:
+    """One labelled image: a single character (``label`` 0-9, ``text`` None) or a field of
+    several digits (``text``, ``label`` FIELD); the trainer cuts a field into its characters."""
+
     digest: str
     label: int
     source: str
     path: str
     seq: int
     time: float
+    text: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps(
-            {"label": self.label, "source": self.source, "path": self.path, "seq": self.seq, "time": self.time}
-        )
+        body = {"label": self.label, "source": self.source, "path": self.path, "seq": self.seq, "time": self.time}
+        return json.dumps(body | ({"text": self.text} if self.text is not None else {}))
+
+
+FIELD = -1  # the label of a sample whose truth is a field's text
+
+
+def as_label(value: int | str) -> tuple[int, str | None]:
+    """(label, text) to store for a validated label: a digit, or the text of a longer field."""
+    if isinstance(value, str) and len(value) > 1:
+        return FIELD, value
+    return int(value), None
 
 
 def held_out(digest: str, fraction: float) -> bool:
@@ -48,15 +61,17 @@ class Labels:
         self.redis = client
         self.keys = keys
 
-    def add(self, samples: list[tuple[str, bytes, int, str]], source: str) -> int:
-        """Store (digest, image bytes, label, path) samples atomically: all of them or none."""
+    def add(self, samples: list[tuple[str, bytes, int | str, str]], source: str) -> int:
+        """Store (digest, image bytes, label, path) samples atomically: all of them or none. A
+        label is a digit, or a field's text of two or more digits."""
         if not samples:
             return 0
         now = time.time()
         first = int(self.redis.incrby(self.keys.labels_sequence, len(samples))) - len(samples) + 1
         pipe = self.redis.pipeline(transaction=True)
         for offset, (digest, data, label, path) in enumerate(samples):
-            sample = Sample(digest, label, source, path, first + offset, now)
+            number, text = as_label(label)
+            sample = Sample(digest, number, source, path, first + offset, now, text)
             pipe.set(self.keys.label_image(digest), data)
             pipe.hset(self.keys.labels, digest, sample.to_json())
             pipe.zadd(self.keys.labels_log, {digest: sample.seq})
@@ -96,8 +111,17 @@ class Labels:
             if raw is None:
                 continue
             data: dict[str, Any] = json.loads(raw)
+            text = data.get("text")
             out.append(
-                Sample(digest, int(data["label"]), data["source"], data["path"], int(data["seq"]), float(data["time"]))
+                Sample(
+                    digest,
+                    int(data["label"]),
+                    data["source"],
+                    data["path"],
+                    int(data["seq"]),
+                    float(data["time"]),
+                    str(text) if text is not None else None,
+                )
             )
         return out
 

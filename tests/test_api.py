@@ -282,3 +282,39 @@ def test_api_benchmark_runs_at_a_tiny_size(mnist_root: Path) -> None:
     result = run(40, mnist_root)
     assert set(result["images_per_second"]) == {"producer submit", "API, one zip", "API, multipart files"}
     assert all(rate > 0 for rate in result["images_per_second"].values())
+
+
+def test_field_jobs_through_the_api(api: TestClient) -> None:
+    """`?field=true` and the rules of `producer submit --field`; a field's characters boxed, the
+    uncertain one in orange; a field corrected with its text; CSV in the field columns."""
+    assert api.post("/v1/jobs?length=5", headers=bearer("submit"), files=[("f", ("a.png", png()))]).status_code == 422
+    bad = api.post("/v1/jobs?field=true&length=x", headers=bearer("submit"), files=[("f", ("a.png", png()))])
+    assert bad.status_code == 422 and "--length" in bad.text
+    job = submit_to(api, "/v1/jobs?field=true&length=2-5", [("zip.png", png(0, 40))])["job"]
+    jobs = api.app.state.desk.client.jobs  # type: ignore[attr-defined]
+    assert jobs.reading(job)["kind"] == "field"
+    ((index, digest, path),) = jobs.manifest.items(job, 0, 1)
+    chars = [
+        {"label": 1, "confidence": 0.95, "top3": [[1, 0.95]], "box": [6, 4, 14, 30]},
+        {"label": 2, "confidence": 0.3, "top3": [[2, 0.3], [7, 0.25]], "box": [20, 4, 30, 30]},
+    ]
+    reasons = ["character 2 uncertain (0.30)"]
+    body = {"item": path, "digest": digest, "kind": "field", "text": "12", "label": None, "confidence": 0.28,
+            "chars": chars, "review": True, "review_reasons": reasons, "error": None}  # fmt: skip
+    jobs.write_results([ItemResult(job, index, body)])
+    (row,) = api.get("/v1/review", headers=bearer("review")).json()
+    assert row["text"] == "12" and row["chars"][1]["top3"][1] == [7, 0.25]
+    image = Image.open(io.BytesIO(api.get(f"/v1/review/{job}/0/image", headers=bearer("review")).content))
+    shown = image.convert("RGB")
+    assert shown.size == (80, 80)  # 40 px enlarged twice
+    assert shown.getpixel((6 * 2 - 1, 30)) == (37, 99, 235) and shown.getpixel((20 * 2 - 1, 30)) == (217, 119, 6)
+    fixed = api.post(f"/v1/review/{job}/0", json={"label": "17"}, headers=bearer("review")).json()
+    assert (fixed["label"], fixed["was"]) == ("17", "12")
+    lines = api.get(f"/v1/jobs/{job}/results?format=csv", headers=bearer("submit")).text.splitlines()
+    assert lines[0] == "item,text,confidence,review,model_version,error" and lines[1].startswith("zip.png,12,")
+
+
+def submit_to(api: TestClient, url: str, files: list[tuple[str, bytes]]) -> dict[str, Any]:
+    response = api.post(url, headers=bearer("submit"), files=[("files", f) for f in files])
+    assert response.status_code == 202, response.text
+    return dict(response.json())

@@ -33,6 +33,7 @@ def test_quick_benchmark_writes_every_figure(
         "model_only",
         "textbook_recipe",
         "e2e",
+        "fields_e2e",
         "naive",
         "latency_ms",
         "worker_start_s",
@@ -49,3 +50,7 @@ def test_quick_benchmark_writes_every_figure(
     assert set(result["latency_ms"]) == {"p50", "p95", "p99"}
     assert (tmp_path / "throughput.png").stat().st_size > 0 and (tmp_path / "latency.png").stat().st_size > 0
     assert any(line.startswith("goal end to end >= 20x naive") for line in result["goals"])
+    fields = result["fields_e2e"]
+    assert fields["fields"] == 20 and not fields["missing_or_duplicated"] and fields["chars_per_second"] > 0
+    assert set(fields["exact"]) == {"comb", "free"} and fields["single_digits_per_second"] > 0
+    assert any(line.startswith("goal fields end to end") for line in result["goals"])

@@ -33,6 +33,7 @@ def test_train_is_gated_and_make_current_overrides(env: dict[str, str], mnist_ro
     v1 = registry.publish(random_model(1), meta()).version
     registry.redis.setrange(registry.keys.model_weights(v1), 1000, b"\x00" * 64)
     smoke = ["train", "--data-root", str(mnist_root), "--epochs", "1", "--limit", "200", "--test-limit", "50"]
+    env = env | {"INKQ_FIELD_STAGE_FIELDS": "24"}
     run = trainer(env, *smoke)
     assert run.returncode == 0, run.stderr
     assert f"v2 rejected, current model stays {v1}" in run.stdout and "--make-current" in run.stdout
@@ -46,6 +47,10 @@ def test_train_is_gated_and_make_current_overrides(env: dict[str, str], mnist_ro
     assert (summary["version"], summary["promoted"], summary["current"]) == ("v3", True, "v3")
     assert "made current by --make-current" in summary["reason"]
     assert registry.current() == "v3"
+    # The field stage ran (a few fields here): an eleven-class model whose digits are still read.
+    info = registry.info("v3")
+    assert info.arch["num_classes"] == 11 and info.training["field_stage"]["cuts"] > 0
+    assert info.metrics["test_accuracy"] > 0.3
 
 
 @pytest.mark.timeout(300)

@@ -70,5 +70,10 @@ def split_validation(data: Split, val_size: int, seed: int) -> tuple[Split, Spli
     """A seeded train/validation split carved out of the training data."""
     if not 0 < val_size < len(data):
         raise DatasetUnavailableError(f"validation size {val_size} must be between 1 and {len(data) - 1}")
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    order = validation_order(len(data), seed)
     return data.subset(order[val_size:]), data.subset(order[:val_size])
+
+
+def validation_order(n: int, seed: int) -> torch.Tensor:
+    """The permutation ``split_validation`` cuts: its first ``val_size`` indices are validation."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))

@@ -21,41 +21,22 @@ import threading
 import time
 from typing import Any
 
-import numpy as np
 import torch
 
-from config.errors import ImageError, LockLostError, RegistryConflictError
+from config.errors import LockLostError, RegistryConflictError
 from config.settings import Settings
 from recognizer import artifact, network, scan
-from recognizer.engine import bf16_capable
-from storage.labels import Labels, Sample, held_out
+from recognizer.engine import Engine, bf16_capable
+from storage.labels import Labels, held_out
 from storage.lock import Lease, LockHeldError
 from storage.registry import Registry, VersionInfo, VersionStatus
 from trainer.base import bf16_agreement
 from trainer.data import Split, load_split, split_validation
 from trainer.distributed import World, setup, teardown
-from trainer.training import TrainConfig, fit, fit_temperature, predict_logits
+from trainer.labelled import labelled_split
+from trainer.training import TrainConfig, digits_of, fit, fit_temperature, predict_logits
 
 log = logging.getLogger(__name__)
-
-
-def labelled_split(labels: Labels, samples: list[Sample], settings: Settings) -> Split:
-    """Labelled samples through the serving preprocessing, as a Split (unreadable ones skipped)."""
-    images, targets = [], []
-    for sample, data in zip(samples, labels.images([s.digest for s in samples]), strict=True):
-        if data is None:
-            log.warning("labelled image %s is missing; skipped", sample.digest[:12])
-            continue
-        try:
-            gray = scan.decode(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-            images.append(scan.prepare(gray))
-        except ImageError as exc:
-            log.warning("labelled image %s (%s) skipped: %s", sample.digest[:12], sample.path, exc)
-            continue
-        targets.append(sample.label)
-    if not images:
-        return Split(torch.empty(0, 1, scan.SIZE, scan.SIZE), torch.empty(0, dtype=torch.int64))
-    return Split(torch.from_numpy(np.stack(images))[:, None], torch.tensor(targets, dtype=torch.int64))
 
 
 SELECTION_N = 4000
@@ -88,7 +69,7 @@ def interpolate_towards_parent(
 def accuracy(model: torch.nn.Module, split: Split) -> float:
     if len(split) == 0:
         return float("nan")
-    return float((predict_logits(model, split.images).argmax(1) == split.labels).float().mean())
+    return float((digits_of(predict_logits(model, split.images)) == split.labels).float().mean())
 
 
 def retrain(settings: Settings, registry: Registry, labels: Labels, *, progress: bool = False) -> dict[str, Any]:
@@ -139,8 +120,14 @@ def _retrain(
     if not holdout_samples:
         return summary | {"reason": "no held-out labelled samples to judge a candidate by: label more samples"}
 
-    new = labelled_split(labels, train_samples, settings)
-    heldout = labelled_split(labels, holdout_samples, settings)
+    reader = Engine.from_weights(parent_weights, parent.arch, temperature=parent.temperature, compile=False)
+    new_data = labelled_split(labels, train_samples, settings, reader)
+    held_data = labelled_split(labels, holdout_samples, settings, reader)
+    new, heldout = new_data.split, held_data.split
+    summary |= {
+        "field_samples": new_data.fields + held_data.fields,
+        "unaligned_fields": new_data.unaligned + held_data.unaligned,
+    }
     full, base_fingerprint = load_split(settings.path("data_root"), train=True)
     base_train, base_heldout = split_validation(full, settings.val_size, settings.seed)
     generator = torch.Generator().manual_seed(settings.seed + seen_upto)

@@ -97,6 +97,12 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500
     )
 
 
+def digits_of(logits: torch.Tensor) -> torch.Tensor:
+    """The best digit per row: an eleven-class (field) model's "not one character" class is
+    never a single image's answer, as in serving."""
+    return logits[:, :10].argmax(1)
+
+
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The softmax temperature that minimises validation NLL: calibrated confidences."""
     log_t = torch.zeros(1, requires_grad=True)

@@ -24,9 +24,6 @@ import threading
 import time
 from typing import Any
 
-import numpy as np
-import torch
-
 from config.settings import Settings
 from recognizer.engine import Engine, engine_for
 from recognizer.preprocessing import Preprocessor, auto_workers
@@ -36,6 +33,8 @@ from storage.jobs import ItemResult, Jobs
 from storage.keys import Keys
 from storage.registry import Registry
 from worker.batcher import Batcher
+from worker.batchrun import run_batch
+from worker.fieldwork import ReadSpecs, field_key, field_result
 from worker.metrics import WorkerMetrics
 from worker.results import Served, log_message, result_body
 from worker.versions import Refusals, check_preprocess, watch_announcements
@@ -43,7 +42,6 @@ from worker.versions import Refusals, check_preprocess, watch_announcements
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 5.0
-MISSING_IMAGE = "image bytes not found in Redis (expired after INKQ_RESULT_TTL_S, or lost)"
 # How often the watcher asks the registry directly, in case a pub/sub message was missed.
 VERSION_CHECK_S = 10.0
 
@@ -75,6 +73,7 @@ class Replica:
         self.metrics.preprocess_processes.set(self.prep.workers)
         self.metrics.serving(self.engine.version, self.warm_s)
         self.items_served = 0
+        self.read_specs = ReadSpecs()  # each job's reading: digits, or fields and their rule
         self.refusals = Refusals()  # versions that failed to load or warm, by (name, sha256)
         self.refused: dict[str, str] = {}  # the same, by name, for the heartbeat
         self.serving: tuple[str, str] = self._built  # (name, sha256) of the engine serving
@@ -100,45 +99,9 @@ class Replica:
         return prep
 
     def _run(self, digests: list[str]) -> list[Served]:
-        """Fetch, decode, preprocess and recognise one batch, in the model's thread.
-
-        The bytes are fetched here, one MGET per batch, so a worker holds at most a batch of
-        images in memory however many messages it has reserved. Preprocessing here rather than in
-        the message threads keeps one thread on the GIL at a time: on a small CPU, threads
-        preprocessing beside the running model slow it several-fold. On a GPU host the batch's
-        images are spread over a pool of processes instead (INKQ_PREPROCESS_WORKERS).
-        """
+        """One batch, in the model's thread (worker/batchrun.py)."""
         engine = self.engine  # read once: a swap takes effect at the next batch
-        out: list[Served | None] = [None] * len(digests)
-        start = time.perf_counter()
-        blobs = self.jobs.fetch_images(digests)
-        fetch_ms = (time.perf_counter() - start) * 1000 / max(1, len(digests))
-        present = [i for i, blob in enumerate(blobs) if blob is not None]
-        for i, blob in enumerate(blobs):
-            if blob is None:
-                out[i] = Served(None, None, MISSING_IMAGE, fetch_ms=fetch_ms)
-        outcomes = self.prep.map([blob for blob in blobs if blob is not None])
-        self.metrics.prepared(len(digests), len(digests) - len(present), outcomes)
-        inputs: list[np.ndarray] = []
-        slots: list[tuple[int, float]] = []
-        for i, outcome in zip(present, outcomes, strict=True):
-            if outcome.input is None:  # this image fails alone
-                out[i] = Served(None, None, outcome.error, outcome.ms, fetch_ms=fetch_ms)
-            else:
-                inputs.append(outcome.input)
-                slots.append((i, outcome.ms))
-        if inputs:
-            start = time.perf_counter()
-            try:
-                predictions = engine.predict(torch.from_numpy(np.stack(inputs)))
-            except Exception:  # the batch's messages are retried: counted here, raised on
-                self.metrics.failed("model", len(inputs))
-                raise
-            model_ms = (time.perf_counter() - start) * 1000
-            self.metrics.recognised(len(inputs), model_ms / 1000)
-            for (i, pre_ms), p in zip(slots, predictions, strict=True):
-                out[i] = Served(p, engine.version, None, pre_ms, model_ms, fetch_ms)
-        return [s for s in out if s is not None]
+        return run_batch(engine, digests, jobs=self.jobs, prep=self.prep, metrics=self.metrics, settings=self.settings)
 
     def handle(self, job: str, items: list[list[Any]], sent_at: float, worker: str = "") -> int:
         received = time.time()
@@ -155,7 +118,8 @@ class Replica:
             return 0
         queue_ms = round((received - sent_at) * 1000, 3)
         self.metrics.queue_wait.observe(max(0.0, queue_ms / 1000))
-        futures = self.batcher.submit([digest for _, digest, _ in ready])
+        is_field, rule = self.read_specs.get(job, self.jobs.reading)
+        futures = self.batcher.submit([field_key(d) if is_field else d for _, d, _ in ready])
         outputs = self.batcher.gather(futures, self.settings.stall_timeout_s)
         results: list[ItemResult] = []
         for (index, digest, path), (served, batch) in zip(ready, outputs, strict=True):
@@ -168,9 +132,12 @@ class Replica:
             body = result_body(
                 path, digest, error=served.error, served=served, batch=batch, worker=worker, timings=timings
             )
-            body["review"] = served.prediction is not None and (
-                served.prediction.confidence < self.settings.review_threshold
-            )
+            if is_field:
+                body = field_result(body, served, rule, self.settings.review_threshold)
+            else:
+                body["review"] = served.prediction is not None and (
+                    served.prediction.confidence < self.settings.review_threshold
+                )
             results.append(ItemResult(job, index, body))
         clock.append(time.perf_counter())
         self.jobs.write_results(results)

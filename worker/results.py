@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from recognizer.engine import Prediction
+from recognizer.fields import FieldReading
 from worker.batcher import BatchInfo
 
 __all__ = ["Served", "log_message", "result_body"]
@@ -25,6 +26,7 @@ class Served:
     preprocess_ms: float = 0.0
     model_ms: float = 0.0
     fetch_ms: float = 0.0  # this image's share of its batch's MGET
+    field: FieldReading | None = None  # a field job's reading (worker/fieldwork.py)
 
 
 def log_message(job: str, outputs: list[tuple[Served, BatchInfo]]) -> None:

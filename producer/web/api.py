@@ -7,15 +7,15 @@ are plain functions, run by FastAPI in its thread pool.
 
 from __future__ import annotations
 
-import csv
 import io
-import json
+import itertools
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import click
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -24,8 +24,9 @@ from PIL import Image, ImageDraw
 from pydantic import BaseModel, Field
 
 from config.errors import ImageError, JobNotFoundError
-from producer.cli import FIELDS, _cell
 from producer.client import Client
+from producer.fieldopts import reading
+from producer.formats import write_results
 from producer.labelling import from_folder
 from producer.web.auth import Caller, Role
 from producer.web.deps import desk_of, require
@@ -43,7 +44,7 @@ Admin = Annotated[Caller, Depends(require(Role.ADMIN))]
 
 
 class Correction(BaseModel):
-    label: str = Field(description="The correct reading (a digit 0-9).")
+    label: str = Field(description="The correct reading: a digit 0-9, or a field job's text.")
 
 
 class RollbackRequest(BaseModel):
@@ -59,18 +60,28 @@ def openapi(request: Request, caller: Submitter) -> dict[str, Any]:
 
 @router.post("/jobs", status_code=202, tags=["jobs"])
 async def submit(
-    request: Request, caller: Submitter, chunk_size: Annotated[int | None, Query(ge=1)] = None
+    request: Request,
+    caller: Submitter,
+    chunk_size: Annotated[int | None, Query(ge=1)] = None,
+    field: Annotated[bool, Query(description="Each image is one field of digits (as --field).")] = False,
+    length: Annotated[str | None, Query(description="With field: N or MIN-MAX characters.")] = None,
+    pattern: Annotated[str | None, Query(description="With field: a regular expression to match.")] = None,
+    check: Annotated[str | None, Query(description="With field: a check digit to satisfy.")] = None,
 ) -> dict[str, Any]:
-    """Submit images as multipart files and/or zips (any field name); answered with the job id once
-    its items are queued. The body is counted while it streams: 413 past INKQ_API_MAX_UPLOAD_BYTES."""
+    """Submit images as multipart files and/or zips (any field name), with the options of
+    `producer submit`; answered with the job id once its items are queued. The body is counted
+    while it streams: 413 past INKQ_API_MAX_UPLOAD_BYTES."""
     desk = desk_of(request)
+    try:
+        read = reading(field, length, pattern, check)
+    except click.ClickException as exc:
+        raise HTTPException(422, exc.format_message()) from exc
     form = await read_form(request, desk.settings)
     try:
         client = desk.client if chunk_size is None else Client(desk.settings.replace(chunk_size=chunk_size))
         meta = {"source": "api", "by": caller.name}
-        report = await run_in_threadpool(
-            client.submit_blobs, uploaded_images(form, Budget(desk.settings)), meta, what="the upload"
-        )
+        images = uploaded_images(form, Budget(desk.settings))
+        report = await run_in_threadpool(client.submit_blobs, images, meta, what="the upload", read=read)
     finally:
         await form.close()
     keys = desk.client.keys
@@ -113,28 +124,28 @@ def results(
     """Every result written so far, in item order, streamed as JSON lines or CSV (as `producer results`)."""
     client = desk_of(request).client
     client.status(job)  # 404 now, not half-way through a stream
-    rows = client.iter_results(job)
+    fields = client.jobs.reading(job).get("kind") == "field"
+    body = stream_results(client.iter_results(job), format, fields)
     if format == "jsonl":
-        body: Iterator[str] = (json.dumps(row, separators=(",", ":")) + "\n" for row in rows)
         return StreamingResponse(body, media_type="application/x-ndjson")
-    return StreamingResponse(
-        csv_lines(rows),
-        media_type="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="{job}.csv"'},
-    )
+    headers = {"Content-Disposition": f'attachment; filename="{job}.csv"'}
+    return StreamingResponse(body, media_type="text/csv", headers=headers)
 
 
-def csv_lines(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(FIELDS)
-    for row in rows:
-        writer.writerow([_cell(row.get(name)) for name in FIELDS])
-        if buffer.tell() > 64 * 1024:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue()
+def stream_results(rows: Iterator[dict[str, Any]], fmt: str, fields: bool, page: int = 1000) -> Iterator[str]:
+    """`producer results`' output (producer/formats.py), a page of rows at a time."""
+    first = True
+    while True:
+        chunk = list(itertools.islice(rows, page))
+        if not chunk and not first:
+            return
+        out = io.StringIO()
+        write_results(chunk, fmt, out, fields=fields)
+        text = out.getvalue()
+        yield text if first or fmt != "csv" else text.split("\n", 1)[1]  # the CSV header once
+        first = False
+        if not chunk:
+            return
 
 
 @router.post("/jobs/{job}/cancel", tags=["jobs"])
@@ -154,7 +165,7 @@ def review(
 
 @router.get("/review/{job}/{index}/image", tags=["review"], response_class=Response)
 def review_image(request: Request, job: str, index: int, caller: Reviewer) -> Response:
-    """The item's image as PNG (whatever format it was submitted in), its character's box drawn."""
+    """The item's image as PNG (whatever format it was submitted in), its characters' boxes drawn."""
     desk = desk_of(request)
     row = desk.client.jobs.result(job, index)
     if not row or not isinstance(row.get("digest"), str):
@@ -167,19 +178,32 @@ def review_image(request: Request, job: str, index: int, caller: Reviewer) -> Re
     except ImageError as exc:
         raise HTTPException(422, str(exc)) from exc
     out = io.BytesIO()
-    boxed(gray).save(out, format="PNG")
+    chars = row.get("chars") if isinstance(row.get("chars"), list) else None
+    boxed(gray, chars, desk.settings.review_threshold).save(out, format="PNG")
     return Response(out.getvalue(), media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
-def boxed(gray: np.ndarray) -> Image.Image:
-    """The page as seen (small scans enlarged), with the character's box (its ink) drawn in blue."""
+SURE, UNSURE = (37, 99, 235), (217, 119, 6)
+
+
+def boxed(gray: np.ndarray, chars: list[dict[str, Any]] | None, threshold: float) -> Image.Image:
+    """The image as seen (small scans enlarged) with each character's box drawn: a field's
+    characters as the reader found them, orange where uncertain; a single character's ink."""
     image = Image.fromarray((np.clip(gray, 0, 1) * 255).astype(np.uint8)).convert("RGB")
     scale = max(1, 112 // max(image.size))
     image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    draw = ImageDraw.Draw(image)
+    width = max(1, scale // 2)
+    if chars:
+        for char in chars:
+            x0, y0, x1, y1 = (float(v) * scale for v in char["box"])
+            colour = UNSURE if float(char.get("confidence", 0.0)) < threshold else SURE
+            draw.rectangle((x0 - 1, y0 - 1, x1, y1), outline=colour, width=width)
+        return image
     rows, cols = np.nonzero(gray < 0.5)
     if rows.size:
         box = (cols.min() * scale - 1, rows.min() * scale - 1, (cols.max() + 1) * scale, (rows.max() + 1) * scale)
-        ImageDraw.Draw(image).rectangle(box, outline=(37, 99, 235), width=max(1, scale // 2))
+        draw.rectangle(box, outline=SURE, width=width)
     return image
 
 

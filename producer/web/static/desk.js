@@ -96,10 +96,23 @@ function review() {
     if (!item) return;
     $("image").src = `/v1/review/${encodeURIComponent(item.job)}/${item.index}/image`;
     $("where").textContent = `${item.item} (job ${item.job.slice(0, 8)}, item ${item.index})`;
-    $("reading").textContent = item.label ?? "?";
-    $("reading").classList.toggle("uncertain", (item.confidence ?? 0) < Number(section.dataset.threshold));
+    const threshold = Number(section.dataset.threshold);
+    const field = item.text !== undefined && item.text !== null || Array.isArray(item.chars);
+    // A field's reading character by character, the uncertain ones highlighted; a digit whole.
+    const chars = field ? (item.chars || []) : [{label: item.label ?? "?", confidence: item.confidence ?? 0, top3: item.top3}];
+    $("reading").replaceChildren(...chars.map((c) => {
+      const span = document.createElement("span");
+      span.textContent = c.label;
+      span.className = c.confidence < threshold ? "char uncertain" : "char";
+      return span;
+    }));
     $("confidence").textContent = item.confidence == null ? "" : `${(item.confidence * 100).toFixed(1)}%`;
-    $("alternatives").textContent = (item.top3 || []).map(([label, p]) => `${label} (${(p * 100).toFixed(1)}%)`).join("  ");
+    const alternatives = (c) => (c.top3 || []).map(([label, p]) => `${label} (${(p * 100).toFixed(1)}%)`).join("  ");
+    $("alternatives").textContent = field
+      ? chars.map((c, i) => c.confidence < threshold ? `#${i + 1}: ${alternatives(c)}` : "").filter(Boolean).join(" · ")
+      : alternatives(chars[0]);
+    $("reasons").textContent = (item.review_reasons || []).join("; ");
+    $("answer").maxLength = field ? 32 : 1;
     $("answer").value = "";
     $("answer").focus();
   }
@@ -110,7 +123,7 @@ function review() {
     const base = `/v1/review/${encodeURIComponent(item.job)}/${item.index}`;
     try {
       if (kind === "label") {
-        const label = $("answer").value.trim() || String(item.label);
+        const label = $("answer").value.trim() || String(item.text ?? item.label);
         await api("POST", base, {label});
         $("status").textContent = `${item.item}: ${label}`;
       } else if (kind === "unreadable") {

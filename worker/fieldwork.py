@@ -1,0 +1,128 @@
+"""Field jobs in the worker: the images of a batch read as fields, and their result bodies.
+
+A job submitted with ``--field`` (meta ``read.kind == "field"``) has each image read by
+``recognizer.fields``: every candidate character of every field in the batch goes to the model
+in one call. Its rule, if any, is applied per item when the result is written; see
+``recognizer.rules`` for what a rule may change and how the change is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from typing import Any
+
+from config.errors import ImageDecodeError, ImageError
+from recognizer.decoding import decode_colour
+from recognizer.engine import Engine
+from recognizer.fields import FieldReading, ReaderParams, read_fields
+from recognizer.preprocessing import failure_reason
+from recognizer.rules import FieldRule, apply
+from worker.metrics import WorkerMetrics
+from worker.results import Served
+
+__all__ = ["FIELD_KEY", "ReadSpecs", "field_key", "field_result", "read_batch"]
+
+log = logging.getLogger(__name__)
+
+FIELD_KEY = "field:"  # the batcher's key for an image read as a field: this prefix, then its digest
+
+
+def field_key(digest: str) -> str:
+    return FIELD_KEY + digest
+
+
+class ReadSpecs:
+    """Each job's reading (digit or field, and its rule), read from the job once and kept for
+    the next messages of the same job; bounded, oldest forgotten first."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._specs: OrderedDict[str, tuple[bool, FieldRule | None]] = OrderedDict()
+        self._size = size
+
+    def get(self, job: str, load: Any) -> tuple[bool, FieldRule | None]:
+        """(is a field job, its rule); ``load(job)`` gives the job's ``read`` meta on a miss.
+        A rule that no longer parses (stored by another version) reads the field without it."""
+        if job in self._specs:
+            self._specs.move_to_end(job)
+            return self._specs[job]
+        spec = load(job) or {}
+        rule: FieldRule | None = None
+        try:
+            rule = FieldRule.parse(spec.get("rule"))
+        except Exception as exc:
+            log.warning("job %s: field rule ignored (%s)", job, exc, extra={"job": job})
+        value = (spec.get("kind") == "field", rule)
+        self._specs[job] = value
+        if len(self._specs) > self._size:
+            self._specs.popitem(last=False)
+        return value
+
+
+def read_batch(
+    engine: Engine, blobs: list[bytes], *, max_bytes: int, max_pixels: int, metrics: WorkerMetrics, fetch_ms: float
+) -> list[Served]:
+    """Decode and read each blob as a field; a blob that fails, fails alone."""
+    start = time.perf_counter()
+    crops: list[Any] = []
+    errors: dict[int, ImageError] = {}
+    for i, blob in enumerate(blobs):
+        try:
+            crops.append(decode_colour(blob, max_bytes=max_bytes, max_pixels=max_pixels))
+        except ImageError as exc:
+            errors[i] = exc
+            crops.append(None)
+        except Exception as exc:  # defence in depth: whatever a decoder raises, never the batch
+            errors[i] = ImageDecodeError(f"{type(exc).__name__}: {exc}"[:300])
+            crops.append(None)
+    good = [i for i in range(len(blobs)) if i not in errors]
+    readings = read_fields([crops[i] for i in good], engine, ReaderParams(max_pixels=max_pixels))
+    ms = (time.perf_counter() - start) * 1000 / max(1, len(blobs))
+    out: list[Served] = []
+    by_index = dict(zip(good, readings, strict=True))
+    for i in range(len(blobs)):
+        found = errors.get(i) or by_index[i]
+        if isinstance(found, FieldReading):
+            out.append(Served(None, engine.version, None, 0.0, ms, fetch_ms, field=found))
+        else:
+            metrics.failed(failure_reason(found))
+            out.append(Served(None, None, str(found), ms, 0.0, fetch_ms))
+    metrics.recognised(sum(1 for s in out if s.field is not None), ms * len(blobs) / 1000)
+    return out
+
+
+def field_result(body: dict[str, Any], served: Served, rule: FieldRule | None, threshold: float) -> dict[str, Any]:
+    """The documented field result: the whole reading and its characters, the rule's outcome,
+    and whether (and why) a person should look at it."""
+    body |= {"kind": "field", "text": None, "chars": None, "layout": None, "rule": None, "review_reasons": []}
+    reading = served.field
+    if reading is None:
+        return body
+    outcome = apply(rule, [c.top3 for c in reading.chars]) if rule is not None else None
+    text = outcome.text if outcome is not None else reading.text
+    chars = reading.as_dict()["chars"]
+    for index, _, chosen, _, prob in outcome.changed if outcome is not None else []:
+        chars[index] |= {"label": chosen, "read_as": chars[index]["label"], "confidence": round(prob, 6)}
+    confidence = 1.0
+    for c in chars:
+        confidence *= c["confidence"]
+    reasons = [
+        f"character {i + 1} uncertain ({c['confidence']:.2f})"
+        for i, c in enumerate(chars)
+        if c["confidence"] < threshold
+    ]
+    if outcome is not None and not outcome.ok:
+        reasons.insert(0, f"rule: {outcome.reason}")
+    body |= {
+        "text": text,
+        "label": chars[0]["label"] if len(chars) == 1 else None,
+        "confidence": round(confidence if chars else 0.0, 6),
+        "top3": chars[0]["top3"] if len(chars) == 1 else None,
+        "chars": chars,
+        "layout": reading.layout,
+        "rule": outcome.as_dict() if outcome is not None else None,
+        "review": bool(reasons),
+        "review_reasons": reasons,
+    }
+    return body

@@ -22,7 +22,7 @@ import httpx
 import pytest
 import redis
 
-from bench.synth import outlined, write_digits
+from bench.synth import STYLES, DigitPool, outlined, write_digits, write_fields
 from producer.local import free_port
 from storage.connection import connect
 from storage.keys import Keys
@@ -186,6 +186,35 @@ def test_review_queue_corrected_from_the_keyboard(
     assert all(s.source == f"correction:{job}" for s in stored)
     remaining = httpx.get(stack.url + "/v1/review", headers={"Authorization": f"Bearer {ADMIN}"}).json()
     assert len(remaining) == 24 - len(labelled)
+    page.close()
+
+
+def test_fields_corrected_with_their_text(stack: Stack, browser: Any, mnist_test: MnistArrays, tmp_path: Path) -> None:
+    """A field job (`?field=true`) read by the worker: each field shown with its characters'
+    boxes, corrected by typing its whole text."""
+    pool = DigitPool(mnist_test[0][2000:4000], mnist_test[1][2000:4000])
+    written = write_fields(tmp_path / "fields", pool, 3, STYLES["comb"], seed=7)
+    truth = {Path(p).name: text for p, text in written.items()}
+    with stack.api() as api:
+        upload = api.post("/v1/jobs?field=true&length=5", files={"f": ("fields.zip", zip_folder(tmp_path / "fields"))})
+        assert upload.status_code == 202, upload.text
+        job = upload.json()["job"]
+        wait_for(lambda: api.get(f"/v1/jobs/{job}").json()["state"] == "complete", 120, "the field job to complete")
+    page = sign_in(browser, stack, f"/desk?job={job}")
+    for step in range(3):
+        page.wait_for_selector("#item:not([hidden])")
+        name = page.inner_text("#where").split(" ", 1)[0].rsplit("/", 1)[-1]
+        assert page.locator("#reading .char").count() >= 1  # the reading, character by character
+        if step == 0:
+            screenshot(page, "desk-field.png")
+        page.locator("#answer").type(truth[name])
+        page.locator("#answer").press("Enter")
+        page.wait_for_function(
+            "([n, t]) => document.getElementById('status').textContent.endsWith(n + ': ' + t)", arg=[name, truth[name]]
+        )
+    page.wait_for_selector("#empty:not([hidden])")
+    fields = {Path(s.path).name: s.text for s in Labels(stack.redis, Keys()).all() if s.source == f"correction:{job}"}
+    assert fields == truth
     page.close()
 
 

@@ -27,7 +27,7 @@ from recognizer import scan
 from recognizer.engine import Engine
 from recognizer.fields import FieldReading, ReaderParams, read_fields
 
-__all__ = ["char_errors", "main", "measure", "segmented"]
+__all__ = ["char_errors", "main", "measure", "reading_sheet", "segmented"]
 
 # Validation and test fields never share seeds, whatever their digits.
 SEEDS = {"val": 1009, "test": 2003}
@@ -85,6 +85,39 @@ def _score(kind: str, fields: list[Field], readings: list[FieldReading | None], 
         "chars_per_s": round(chars / seconds, 1),
         "misread": [[t, r] for t, r in zip(truths, texts, strict=True) if t != r][:8],
     }
+
+
+def reading_sheet(fields: list[Field], readings: list[FieldReading | None], path: Path, width: int = 300) -> None:
+    """The fields with the reader's character boxes (green: read right, red: wrong) and its
+    reading beneath each: what the README shows."""
+    from PIL import Image, ImageDraw
+
+    tiles = []
+    for f, r in zip(fields, readings, strict=True):
+        img = f.pil()
+        draw = ImageDraw.Draw(img)
+        for i, c in enumerate(r.chars if r else []):
+            right = i < len(f.text) and str(c.label) == f.text[i] and len(r.text) == len(f.text)  # type: ignore[union-attr]
+            draw.rectangle(
+                (c.box[0], c.box[1], c.box[2] - 1, c.box[3] - 1), outline=(0, 160, 0) if right else (220, 0, 0)
+            )
+        scale = width / img.width
+        img = img.resize((width, max(1, round(img.height * scale))), Image.Resampling.LANCZOS)
+        tile = Image.new("RGB", (width, img.height + 18), "white")
+        tile.paste(img, (0, 0))
+        said = f"{f.kind} {f.text} -> {r.text if r else 'error'} ({r.confidence:.2f})" if r else f"{f.kind}: error"
+        ImageDraw.Draw(tile).text((2, img.height + 3), said, fill=(0, 0, 0))
+        tiles.append(tile)
+    columns, gap = 3, 8
+    rows = [tiles[i : i + columns] for i in range(0, len(tiles), columns)]
+    height = sum(max(t.height for t in row) for row in rows) + gap * (len(rows) + 1)
+    sheet = Image.new("RGB", (columns * (width + gap) + gap, height), "white")
+    y = gap
+    for row in rows:
+        for k, tile in enumerate(row):
+            sheet.paste(tile, (gap + k * (width + gap), y))
+        y += max(t.height for t in row) + gap
+    sheet.save(path)
 
 
 def _single_digits(engine: Engine, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
@@ -155,6 +188,11 @@ def measure(pool: DigitPool, engine: Engine, split: str, count: int, params: Rea
 @click.option(
     "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the figures here."
 )
+@click.option(
+    "--sheet",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also draw 9 fields of each kind with the reader's boxes and readings into this PNG.",
+)
 def main(
     split: str,
     count: int,
@@ -166,6 +204,7 @@ def main(
     digits: int,
     data_root: Path,
     json_out: Path | None,
+    sheet: Path | None,
 ) -> None:
     """Measure the field reader on generated fields."""
     if source == "registry":
@@ -190,6 +229,10 @@ def main(
     click.echo(json.dumps(figures, indent=2))
     if json_out:
         json_out.write_text(json.dumps(figures, indent=2))
+    if sheet:
+        shown = [render_field(pool, (SEEDS[split], i), STYLES[k]) for k in ("comb", "free", "box") for i in range(3)]
+        readings, _ = _read([f.image for f in shown], engine, ReaderParams())
+        reading_sheet(shown, readings, sheet)
 
 
 if __name__ == "__main__":

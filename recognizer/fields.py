@@ -57,10 +57,10 @@ class Predictor(Protocol):
 class ReaderParams:
     """The search's priors, tuned on validation fields drawn from MNIST training digits."""
 
-    bonus: float = 0.0  # log-score per character read: above 0 favours cutting, below 0 merging
+    bonus: float = -1.0  # log-score per character read: above 0 favours cutting, below 0 merging
     short: float = 0.6  # a character below this share of the text height ...
     short_cost: float = 24.0  # ... loses this much log-score per unit of shortfall
-    wide: float = 1.3  # a character wider than this many heights (along the slant) ...
+    wide: float = 1.6  # a character wider than this many heights (along the slant) ...
     wide_cost: float = 4.0  # ... loses this much per unit beyond
     skip_cost: float = 4.0  # leaving a piece unread (dust, a rule's remnant) costs this, plus its size
     max_pixels: int = 4_000_000

@@ -27,7 +27,7 @@ class SegmentParams:
     speck: float = 0.012  # components smaller than this share of height² are dust
     cut_width: float = 1.0  # components wider than this many heights (along the slant) may be cut
     cut_margin: float = 0.2  # no cut nearer a component's edge than this many heights
-    max_cuts: int = 3  # cuts tried per component
+    max_cuts: int = 5  # cuts tried per component
     max_span: int = 4  # pieces one character may be made of
     max_width: float = 1.8  # a character is at most this many heights wide
     stacked: float = 0.7  # pieces sharing this share of the narrower one's columns are one character

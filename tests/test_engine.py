@@ -125,3 +125,27 @@ def test_auto_precision_respects_measured_agreement() -> None:
     assert resolve_precision("fp32", cpu) == torch.float32
     assert resolve_precision("bf16", cpu) == torch.bfloat16
     assert resolve_precision("auto", cpu, bf16_agreement=0.99) == torch.float32
+
+
+def test_an_eleven_class_model_reads_digits_and_reports_reject_apart(
+    model: torch.nn.Module, mnist_test: MnistArrays
+) -> None:
+    from trainer.fieldstage import widen
+
+    wide = widen(model).eval()
+    with torch.no_grad():
+        wide.fc.bias[10] += 8.0  # "not one character" now likely for every input
+    engine = Engine(wide, precision="fp32", buckets=(1, 4, 8), compile=False, temperature=1.5)
+    x = digits(mnist_test, 6)
+    logits = engine.logits(x)
+    assert logits.shape == (6, 11)
+    probs = torch.softmax(logits, dim=1)
+    for p, row in zip(engine.predict(x), probs, strict=True):
+        assert 0 <= p.label < 10 and p.label == int(row[:10].argmax())
+        assert p.reject == pytest.approx(float(row[10]), abs=1e-6) and p.reject > 0.5
+        # Among digits alone: the top three sum to at most one, and the best is renormalised.
+        assert p.confidence == pytest.approx(float(row[p.label] / row[:10].sum()), abs=1e-5)
+        assert sum(c for _, c in p.top3) <= 1.0 + 1e-6
+    # Widening keeps the ten digits' logits: the same best digit as the ten-class model.
+    ten = Engine(model, precision="fp32", buckets=(1, 4, 8), compile=False, temperature=1.5)
+    assert [p.label for p in ten.predict(x)] == [p.label for p in engine.predict(x)]

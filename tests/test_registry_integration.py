@@ -49,8 +49,9 @@ def test_train_is_gated_and_make_current_overrides(env: dict[str, str], mnist_ro
     assert registry.current() == "v3"
     # The field stage ran (a few fields here): an eleven-class model whose digits are still read.
     info = registry.info("v3")
-    assert info.arch["num_classes"] == 11 and info.training["field_stage"]["cuts"] > 0
-    assert info.metrics["test_accuracy"] > 0.3
+    stage = info.training["field_stage"]
+    assert info.arch["num_classes"] == 11 and stage["cuts"] > 0 and stage["rejects"] > 0
+    assert 0.0 <= info.metrics["val_accuracy"] == stage["mnist_val_accuracy"] <= 1.0
 
 
 @pytest.mark.timeout(300)

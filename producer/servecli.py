@@ -16,8 +16,8 @@ __all__ = ["serve"]
 def serve(settings: Settings, host: str | None, port: int | None) -> None:
     """Serve the HTTP API under /v1 and the review desk at / (tokens: INKQ_API_TOKENS).
 
-    Serve it behind a TLS proxy (or uvicorn's --ssl options) when it leaves this host: sign-in
-    tokens and session cookies must not cross a network in clear text.
+    Put it behind a TLS-terminating proxy when it leaves this host: sign-in tokens and session
+    cookies must not cross a network in clear text.
     """
     try:
         import uvicorn

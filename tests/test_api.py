@@ -318,3 +318,13 @@ def submit_to(api: TestClient, url: str, files: list[tuple[str, bytes]]) -> dict
     response = api.post(url, headers=bearer("submit"), files=[("files", f) for f in files])
     assert response.status_code == 202, response.text
     return dict(response.json())
+
+
+def test_the_web_server_never_imports_torch() -> None:
+    """The desk runs where the producer runs, on machines without a model: a retrain is a child process."""
+    import subprocess
+    import sys
+
+    code = "import sys, producer.web, producer.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr

@@ -199,6 +199,8 @@ def test_failed_sign_ins_are_rate_limited(api: TestClient, settings: Settings) -
     for _ in range(settings.api_signin_failures):
         assert api.post("/signin", data={"token": "w" * 24}).status_code == 401
     assert api.post("/signin", data={"token": TOKENS["review"]}).status_code == 429  # even the right one
+    desk = api.app.state.desk  # type: ignore[attr-defined]
+    assert 0 < desk.client.redis.ttl(desk.client.keys.signin_failures("testclient")) <= 300  # the window ends
     assert api.get("/v1/review", headers=bearer("review")).status_code == 200  # bearer use is unaffected
 
 

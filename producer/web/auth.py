@@ -158,6 +158,6 @@ class Auth:
     def signin_failed(self, client: str) -> None:
         key = self.keys.signin_failures(client)
         with self.redis.pipeline() as pipe:
-            pipe.incr(key)
-            pipe.expire(key, SIGNIN_WINDOW_S, nx=True)
+            pipe.set(key, 0, ex=SIGNIN_WINDOW_S, nx=True)  # the window starts at the first failure
+            pipe.incr(key)  # keeps the TTL
             pipe.execute()

@@ -7,12 +7,10 @@ README's come from here: INKQ_SCREENSHOTS=bench/results).
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import subprocess
 import time
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ import httpx
 import pytest
 import redis
 
+from bench.api import zip_folder
 from bench.synth import STYLES, DigitPool, outlined, write_digits, write_fields
 from producer.local import free_port
 from storage.connection import connect
@@ -45,14 +44,6 @@ class Stack:
 
     def api(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60)
-
-
-def zip_folder(folder: Path) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as archive:
-        for path in sorted(folder.rglob("*.png")):
-            archive.write(path, path.relative_to(folder).as_posix())
-    return out.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,6 @@ COPY worker worker
 COPY trainer trainer
 # bench.synth: the MNIST reader the trainer uses and the generated data `producer demo` submits.
 COPY bench bench
-# With Flower, so the compose file's monitor runs from this same image.
-RUN pip install '.[flower]'
+# With Flower (the compose file's monitor) and the HTTP API and review desk (`producer serve`).
+RUN pip install '.[flower,web]'
 CMD ["celery", "-A", "worker", "worker"]

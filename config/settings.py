@@ -185,6 +185,33 @@ class Settings:
         minimum=0.0,
     )
 
+    # HTTP API and review desk (`producer serve`, producer/web/)
+    api_host: str = _field("127.0.0.1", "Address `producer serve` binds (0.0.0.0 to serve other hosts, behind TLS).")
+    api_port: int = _field(8080, "Port of `producer serve`: the HTTP API under /v1 and the review desk.", minimum=1)
+    api_tokens: str = _field(
+        "",
+        "API tokens as name:role:token,... (role: submit, review or admin; each role includes the ones "
+        "before it). Sent as Authorization: Bearer TOKEN, or typed once into the desk's sign-in. Never logged.",
+        secret=True,
+    )
+    api_tokens_file: str = _field(
+        "", "A file of name:role:token lines, read with INKQ_API_TOKENS (keeps tokens out of env)."
+    )
+    api_session_key: str = _field(
+        "",
+        "Key that signs the desk's session cookies; empty: a random key per start (sign-ins end on restart). "
+        "Set the same one on every replica. Never logged.",
+        secret=True,
+    )
+    api_session_s: int = _field(8 * 3600, "Seconds a desk sign-in lasts.", minimum=60)
+    api_max_upload_bytes: int = _field(
+        1024 * 1024 * 1024, "Largest request body the API reads (counted while streaming: 413 beyond).", minimum=1
+    )
+    api_max_files: int = _field(100_000, "Most images in one API submit (files or zip members).", minimum=1)
+    api_signin_failures: int = _field(
+        5, "Failed desk sign-ins allowed per client address in 5 minutes; further tries get 429.", minimum=1
+    )
+
     review_threshold: float = _field(
         0.8, "Results less confident than this are marked for review (`producer review`).", minimum=0.0
     )

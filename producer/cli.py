@@ -18,6 +18,7 @@ from producer.healthcli import health, probe_command
 from producer.jobcli import announce, cancel, check_settled, hint, resumable_on_interrupt
 from producer.labelcli import label, review
 from producer.progress import Mode, follow, mode_for
+from producer.servecli import serve
 from producer.sweepcli import sweep
 from storage.priority import Priority
 
@@ -297,7 +298,7 @@ def finetune_demo_command(settings: Settings, labels: int, test: int, epochs: in
     emit_json(summary)
 
 
-for command in (cancel, label, review, dead_letters, sweep, health, probe_command):
+for command in (cancel, label, review, dead_letters, sweep, health, probe_command, serve):
     cli.add_command(command)
 
 

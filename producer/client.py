@@ -38,7 +38,7 @@ from storage.priority import Priority
 from storage.redis_checks import check_store
 
 # What `producer review` shows of each result marked for review.
-REVIEW_FIELDS = ("item", "digest", "label", "confidence", "top3", "text", "review_reasons")
+REVIEW_FIELDS = ("item", "digest", "label", "confidence", "top3", "text", "review_reasons", "chars")
 # Images are read, hashed and stored in groups this size: one Redis round trip per group.
 STORE_GROUP = 256
 
@@ -107,6 +107,29 @@ class Client:
             check_reading(read)
         if resume is not None:
             return self.resume(resume, wait_for_room=wait_for_room, room_timeout=room_timeout, started=started)
+        files = ((found.path, self._read(found)) for found in find_images(paths))
+        return self.submit_blobs(
+            files, {"paths": paths[:20]}, wait_for_room=wait_for_room, room_timeout=room_timeout,
+            progress=progress, started=started, what=", ".join(paths), read=read,
+        )  # fmt: skip
+
+    def submit_blobs(
+        self,
+        files: Iterable[tuple[str, bytes | str]],
+        meta: dict[str, Any],
+        *,
+        wait_for_room: bool = True,
+        room_timeout: float | None = None,
+        progress: Callable[[int], None] | None = None,
+        started: Callable[[str, int], None] | None = None,
+        what: str = "the upload",
+        read: dict[str, Any] | None = None,
+    ) -> SubmitReport:
+        """``submit`` for images already in hand (the HTTP API's uploads): (name, bytes) pairs,
+        or (name, reason) for one refused before it got here. Each is checked as a file is."""
+        if read:
+            check_reading(read)
+            meta = meta | {"read": read}
         items: list[tuple[int, str, str]] = []
         rejected: list[dict[str, str]] = []
         stored = 0
@@ -124,25 +147,24 @@ class Client:
                 progress(len(group))
             group.clear()
 
-        for found in find_images(paths):
-            checked = self._check(found)
+        for path, given in files:
+            checked = self._probe(given) if isinstance(given, bytes) else given
             if isinstance(checked, str):
-                rejected.append({"path": found.path, "error": checked})
+                rejected.append({"path": path, "error": checked})
                 if progress:
                     progress(1)
                 continue
-            group.append((found.path, checked))
+            group.append((path, checked))
             if len(group) >= STORE_GROUP:
                 flush()
         flush()
         if not items:
             reasons = "".join(f"\n  {r['path']}: {r['error']}" for r in rejected[:10])
             raise NoImagesError(
-                f"no images found under {', '.join(paths)} (supported: "
+                f"no images found under {what} (supported: "
                 f"{', '.join(sorted(scan.SUPPORTED_SUFFIXES))}); {len(rejected)} rejected{reasons}"
             )
         token = uuid.uuid4().hex
-        meta: dict[str, Any] = {"paths": paths[:20]} | ({"read": read} if read else {})
         job = self.lifecycle.begin(items, self.settings.chunk_size, meta, token)
         plan = (len(items), self.settings.chunk_size, set[int]())
         sent = self._queue(job, token, plan, wait_for_room, room_timeout, started)
@@ -200,11 +222,8 @@ class Client:
             self.lifecycle.release(job, token)
         return sent
 
-    def _check(self, found: Found) -> bytes | str:
-        """The file's bytes if it is a plausible image, else why not (cheap: header only).
-
-        Never raises for a file's sake: whatever a hostile file does, it comes back as a reason.
-        """
+    def _read(self, found: Found) -> bytes | str:
+        """The file's bytes (at most one past the limit, for ``_probe`` to refuse), else why not."""
         if found.problem:
             return found.problem
         limit = self.settings.max_image_bytes
@@ -212,6 +231,14 @@ class Client:
             data = read_capped(Path(found.path), limit)
         except OSError as exc:
             return f"cannot read file: {exc.strerror or exc}"
+        return data
+
+    def _probe(self, data: bytes) -> bytes | str:
+        """``data`` if it is a plausible image within the limits, else why not (cheap: header only).
+
+        Never raises for a file's sake: whatever a hostile file does, it comes back as a reason.
+        """
+        limit = self.settings.max_image_bytes
         if len(data) > limit:
             return f"file is over the limit of {limit:,} bytes (INKQ_MAX_IMAGE_BYTES)"
         try:

@@ -240,6 +240,17 @@ class Keys:
         """Hash of a worker's running totals: messages, items, milliseconds per stage."""
         return self._k("worker", hostname, "stats")
 
+    # The HTTP API and review desk (producer/web/)
+    @property
+    def web_jobs(self) -> str:
+        """Sorted set: job id -> time, of jobs submitted through the API, for the desk's jobs page.
+        TTL: the result TTL, renewed by each submit; older entries are trimmed on write."""
+        return self._k("web", "jobs")
+
+    def signin_failures(self, client: str) -> str:
+        """Counter of failed desk sign-ins from one client address. TTL: the 5-minute window it counts."""
+        return self._k("web", "signin", client)
+
     # The benchmark's naive baseline (bench/naive.py)
     def naive_done(self, run: str) -> str:
         """Benchmark only (never in production): the benchmark flushes its private Redis."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from config.errors import ConfigError
+from config.parsing import parse_setting
 
 ENV_PREFIX = "INKQ_"
 CONFIG_FILE_VAR = "INKQ_CONFIG"
@@ -330,50 +331,5 @@ def _validated(values: Mapping[str, Any], source: Mapping[str, str]) -> Settings
         if f.name not in values:
             continue
         where = source.get(f.name, f.name)
-        parsed[f.name] = _parse(f, values[f.name], where)
+        parsed[f.name] = parse_setting(f, values[f.name], where)
     return Settings(**parsed)
-
-
-def _parse(f: dataclasses.Field[Any], raw: Any, where: str) -> Any:
-    kind: Any = type(f.default)
-    choices: tuple[str, ...] = f.metadata["choices"]
-    minimum = f.metadata["minimum"]
-
-    def bad(expected: str) -> ConfigError:
-        return ConfigError(f"{where}={raw!r} is invalid: expected {expected}")
-
-    value: Any
-    if kind is bool:
-        if isinstance(raw, bool):
-            value = raw
-        elif str(raw).strip().lower() in ("1", "true", "yes", "on"):
-            value = True
-        elif str(raw).strip().lower() in ("0", "false", "no", "off"):
-            value = False
-        else:
-            raise bad("one of true, false, 1, 0, yes, no, on, off")
-    elif kind is tuple:
-        items = raw if isinstance(raw, (list, tuple)) else [p for p in str(raw).split(",") if p.strip()]
-        try:
-            value = tuple(sorted({int(p) for p in items}))
-        except (TypeError, ValueError):
-            raise bad("a comma-separated list of integers, e.g. 1,8,32,128") from None
-        if not value:
-            raise bad("at least one integer")
-        if minimum is not None and min(value) < minimum:
-            raise bad(f"integers >= {minimum}")
-        return value
-    elif kind in (int, float):
-        try:
-            if isinstance(raw, bool):
-                raise ValueError
-            value = kind(raw)
-        except (TypeError, ValueError):
-            raise bad("an integer" if kind is int else "a number") from None
-    else:
-        value = str(raw)
-    if choices and value not in choices:
-        raise bad(f"one of {', '.join(choices)}")
-    if minimum is not None and value < minimum:
-        raise bad(f"a value >= {minimum}")
-    return value

@@ -46,6 +46,8 @@ def test_a_batch_of_fields_is_read_and_a_bad_image_fails_alone(pool: DigitPool) 
         assert len(out[i].field.text) == 5  # type: ignore[union-attr]
     assert out[2].field is None and out[2].error and out[4].error
     assert metrics.images_failed.labels(reason="decode")._value.get() == 2
+    characters = sum(len(s.field.chars) for s in out if s.field is not None)
+    assert metrics.fields_read._value.get() == 3 and metrics.field_characters._value.get() == characters
 
 
 def reading(*chars: tuple[int, float, list[tuple[int, float]]]) -> Served:

@@ -88,7 +88,9 @@ def read_batch(
         else:
             metrics.failed(failure_reason(found))
             out.append(Served(None, None, str(found), ms, 0.0, fetch_ms))
-    metrics.recognised(sum(1 for s in out if s.field is not None), ms * len(blobs) / 1000)
+    read = [s.field for s in out if s.field is not None]
+    metrics.recognised(len(read), ms * len(blobs) / 1000)
+    metrics.read_fields(len(read), sum(len(r.chars) for r in read))
     return out
 
 

@@ -40,6 +40,12 @@ class WorkerMetrics:
         self.images_processed = Counter(
             "inkq_images_processed", "Images recognised (a prediction written).", registry=r
         )
+        self.fields_read = Counter(
+            "inkq_fields_read", "Images of field jobs read as a field (each also counts as an image).", registry=r
+        )
+        self.field_characters = Counter(
+            "inkq_field_characters", "Characters read in fields (a ZIP code counts five).", registry=r
+        )
         self.images_failed = Counter(
             "inkq_images_failed", "Images that got no prediction, by reason class.", ["reason"], registry=r
         )
@@ -99,6 +105,10 @@ class WorkerMetrics:
     def recognised(self, images: int, model_s: float) -> None:
         self.images_processed.inc(images)
         self.model_seconds.observe(model_s)
+
+    def read_fields(self, fields: int, characters: int) -> None:
+        self.fields_read.inc(fields)
+        self.field_characters.inc(characters)
 
     def watch_oldest(self, age_s: Callable[[], float]) -> None:
         """Compute the oldest waiting image's age at each scrape, from the batcher."""

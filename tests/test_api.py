@@ -25,6 +25,7 @@ from config.settings import Settings
 from producer.web import create_app
 from producer.web.auth import COOKIE
 from storage.jobs import ItemResult
+from storage.priority import lists
 from storage.registry import Registry, VersionInfo
 
 TOKENS = {"submit": "s" * 24, "review": "r" * 24, "admin": "a" * 24}
@@ -122,6 +123,12 @@ def test_files_and_zips_submitted_and_results_streamed(api: TestClient) -> None:
     listed = api.get("/v1/jobs", headers=bearer("submit")).json()
     assert [j["job"] for j in listed] == [job] and listed[0]["state"] == "complete"
     assert api.post(f"/v1/jobs/{job}/cancel", headers=bearer("submit")).json()["was_complete"] is True
+    desk = api.app.state.desk  # type: ignore[attr-defined]
+    high, normal, low = lists(desk.client.keys, desk.settings.queue)
+    before = [desk.client.redis.llen(k) for k in (high, normal, low)]
+    submit_to(api, "/v1/jobs?priority=high&chunk_size=1", [("a.png", png()), ("b.png", png(9))])
+    assert [desk.client.redis.llen(k) for k in (high, normal, low)] == [before[0] + 2, before[1], before[2]]
+    assert api.post("/v1/jobs?priority=urgent", headers=bearer("submit")).status_code == 422
     assert api.get("/v1/jobs/nope", headers=bearer("submit")).status_code == 404
 
 

@@ -8,6 +8,7 @@ README's come from here: INKQ_SCREENSHOTS=bench/results).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from playwright.sync_api import expect
 
 from bench.api import zip_folder
 from bench.synth import STYLES, DigitPool, outlined, write_digits, write_fields
@@ -113,6 +115,12 @@ def screenshot(page: Any, name: str) -> None:
         page.screenshot(path=str(Path(folder) / name), full_page=True)
 
 
+def status_ends(page: Any, text: str) -> None:
+    """Wait for the desk's status line to report ``text`` (read by Playwright, not evaluated in the
+    page: the desk's Content-Security-Policy forbids eval)."""
+    expect(page.locator("#status")).to_have_text(re.compile(re.escape(text) + "$"), timeout=30_000)
+
+
 def sign_in(browser: Any, stack: Stack, where: str) -> Any:
     page = browser.new_page(viewport={"width": 1100, "height": 640})
     page.set_default_timeout(30_000)
@@ -150,13 +158,13 @@ def test_review_queue_corrected_from_the_keyboard(
         answer = page.locator("#answer")
         if step == 5:
             answer.press("s")  # skip: stays in the queue, nothing stored
-            page.wait_for_function("document.getElementById('status').textContent.endsWith('skipped')")
+            status_ends(page, ": skipped")
             continue
         if step == 6:
             answer.press("x")  # unreadable, then undone: the item comes back to decide again
-            page.wait_for_function("document.getElementById('status').textContent.endsWith('unreadable')")
+            status_ends(page, ": unreadable")
             answer.press("z")
-            page.wait_for_function("document.getElementById('status').textContent.startsWith('undone')")
+            expect(page.locator("#status")).to_have_text(re.compile(r"^undone: "), timeout=30_000)
             assert page.inner_text("#where").split(" ", 1)[0].endswith(name)
         if str(truth[name]) == shown:
             answer.press("Enter")  # accept the reading
@@ -164,9 +172,7 @@ def test_review_queue_corrected_from_the_keyboard(
             answer.type(str(truth[name]))
             answer.press("Enter")
         labelled[name] = truth[name]
-        page.wait_for_function(
-            "([n, l]) => document.getElementById('status').textContent.endsWith(n + ': ' + l)", arg=[name, truth[name]]
-        )
+        status_ends(page, f"{name}: {truth[name]}")
     per_item = (time.perf_counter() - started) / 14
     # 20 items a minute leaves a clerk 3 s an item; the desk itself (keys, requests, next image)
     # must take a small part of that, measured here including the test's own round trips.
@@ -200,9 +206,7 @@ def test_fields_corrected_with_their_text(stack: Stack, browser: Any, mnist_test
             screenshot(page, "desk-field.png")
         page.locator("#answer").type(truth[name])
         page.locator("#answer").press("Enter")
-        page.wait_for_function(
-            "([n, t]) => document.getElementById('status').textContent.endsWith(n + ': ' + t)", arg=[name, truth[name]]
-        )
+        status_ends(page, f"{name}: {truth[name]}")
     page.wait_for_selector("#empty:not([hidden])")
     fields = {Path(s.path).name: s.text for s in Labels(stack.redis, Keys()).all() if s.source == f"correction:{job}"}
     assert fields == truth

@@ -33,6 +33,7 @@ from producer.web.deps import desk_of, require
 from producer.web.models import overview, promote, rollback
 from producer.web.uploads import Budget, read_form, uploaded_images
 from recognizer import scan
+from storage.priority import Priority
 from storage.utils import as_text
 
 __all__ = ["router"]
@@ -63,6 +64,7 @@ async def submit(
     request: Request,
     caller: Submitter,
     chunk_size: Annotated[int | None, Query(ge=1)] = None,
+    priority: Annotated[Priority, Query(description="high, normal or low (as --priority).")] = Priority.NORMAL,
     field: Annotated[bool, Query(description="Each image is one field of digits (as --field).")] = False,
     length: Annotated[str | None, Query(description="With field: N or MIN-MAX characters.")] = None,
     pattern: Annotated[str | None, Query(description="With field: a regular expression to match.")] = None,
@@ -78,7 +80,8 @@ async def submit(
         raise HTTPException(422, exc.format_message()) from exc
     form = await read_form(request, desk.settings)
     try:
-        client = desk.client if chunk_size is None else Client(desk.settings.replace(chunk_size=chunk_size))
+        plain = chunk_size is None and priority == Priority.NORMAL
+        client = desk.client if plain else Client(desk.settings.replace(chunk_size=chunk_size), priority)
         meta = {"source": "api", "by": caller.name}
         images = uploaded_images(form, Budget(desk.settings))
         report = await run_in_threadpool(client.submit_blobs, images, meta, what="the upload", read=read)

@@ -23,6 +23,7 @@ import numpy as np
 
 from bench.fieldmodel import TrainedModel, engine_from, from_file, train_or_load
 from bench.synth import STYLES, Box, DigitPool, Field, load_mnist, render_field
+from bench.synth.fieldset import tile_sheet
 from recognizer import scan
 from recognizer.engine import Engine
 from recognizer.fields import FieldReading, ReaderParams, read_fields
@@ -108,15 +109,7 @@ def reading_sheet(fields: list[Field], readings: list[FieldReading | None], path
         said = f"{f.kind} {f.text} -> {r.text if r else 'error'} ({r.confidence:.2f})" if r else f"{f.kind}: error"
         ImageDraw.Draw(tile).text((2, img.height + 3), said, fill=(0, 0, 0))
         tiles.append(tile)
-    columns, gap = 3, 8
-    rows = [tiles[i : i + columns] for i in range(0, len(tiles), columns)]
-    height = sum(max(t.height for t in row) for row in rows) + gap * (len(rows) + 1)
-    sheet = Image.new("RGB", (columns * (width + gap) + gap, height), "white")
-    y = gap
-    for row in rows:
-        for k, tile in enumerate(row):
-            sheet.paste(tile, (gap + k * (width + gap), y))
-        y += max(t.height for t in row) + gap
+    sheet = tile_sheet(tiles, columns=3, width=width)
     sheet.quantize(colors=64).save(path, optimize=True)  # a small file for the README
 
 

@@ -139,3 +139,11 @@ def published(redis_url: str, small_model: tuple[bytes, dict[str, object]]) -> s
 
     weights, meta = small_model
     return Registry(connect(redis_url), Keys()).publish(weights, VersionInfo(**meta)).version  # type: ignore[arg-type]
+
+
+@pytest.fixture()
+def worker(env: dict[str, str], published: str, tmp_path: Path) -> Iterator[WorkerProcess]:
+    """A real eager worker serving the small model (tests that need other settings start their own)."""
+    w = WorkerProcess(env, "main", tmp_path / "worker.log", {"compile": "false", "precision": "fp32"})
+    yield w
+    w.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +31,6 @@ def luhn_texts(count: int, rng: np.random.Generator) -> list[str]:
         head = "".join(str(d) for d in rng.integers(0, 10, size=4))
         out += [head + str(d) for d in range(10) if luhn_ok(head + str(d))][:1]
     return out
-
-
-@pytest.fixture()
-def worker(env: dict[str, str], published: str, tmp_path: Path) -> Iterator[WorkerProcess]:
-    w = WorkerProcess(env, "fields", tmp_path / "worker.log", {"compile": "false", "precision": "fp32"})
-    yield w
-    w.stop()
 
 
 def test_comb_fields_are_read_whole_under_their_rule(

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +32,6 @@ def results_of(env: dict[str, str], job: str, timeout: float = 120) -> list[dict
     run = producer(env, "results", job, "--wait", "--timeout", str(timeout), "--format", "jsonl", timeout=timeout + 30)
     assert run.returncode == 0, run.stderr
     return [json.loads(line) for line in run.stdout.splitlines()]
-
-
-@pytest.fixture()
-def worker(env: dict[str, str], published: str, tmp_path: Path) -> Iterator[WorkerProcess]:
-    w = WorkerProcess(env, "main", tmp_path / "worker.log", {"compile": "false", "precision": "fp32"})
-    yield w
-    w.stop()
 
 
 def test_folder_of_images_gives_every_result(

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from bench.synth.fields import Field, FieldStyle, render_field
 from bench.synth.glyphs import DigitPool
 
-__all__ = ["LABELS_CSV", "TRUTH_JSONL", "contact_sheet", "write_fields"]
+__all__ = ["LABELS_CSV", "TRUTH_JSONL", "contact_sheet", "tile_sheet", "write_fields"]
 
 LABELS_CSV = "labels.csv"
 TRUTH_JSONL = "truth.jsonl"
@@ -62,10 +62,14 @@ def contact_sheet(fields: Sequence[Field], *, columns: int = 3, width: int = 320
         tile.paste(img, (0, 0))
         ImageDraw.Draw(tile).text((2, img.height + 2), f"{field.kind}: {field.text}", fill=(0, 0, 0))
         tiles.append(tile)
+    return tile_sheet(tiles, columns, width)
+
+
+def tile_sheet(tiles: Sequence[Image.Image], columns: int, width: int, gap: int = 8) -> Image.Image:
+    """Tiles ``width`` pixels wide laid out in rows of ``columns`` on one white image."""
     if not tiles:
         return Image.new("RGB", (width, 16), "white")
     rows = [tiles[i : i + columns] for i in range(0, len(tiles), columns)]
-    gap = 8
     height = sum(max(t.height for t in row) for row in rows) + gap * (len(rows) + 1)
     sheet = Image.new("RGB", (columns * (width + gap) + gap, height), "white")
     y = gap

@@ -113,10 +113,12 @@ class Preprocessor:
     def map(self, blobs: list[bytes]) -> list[Outcome]:
         if self._pool is None or len(blobs) < POOL_MIN_BATCH:
             return self.task(blobs, *self.limits)
+        if self._broken:  # the last batch's last suspect killed its process: a new pool first
+            self._replace()
         size = -(-len(blobs) // self.workers)
         chunks = [blobs[i : i + size] for i in range(0, len(blobs), size)]
-        futures = [self._pool.submit(self.task, chunk, *self.limits) for chunk in chunks]
         try:
+            futures = [self._pool.submit(self.task, chunk, *self.limits) for chunk in chunks]
             return [outcome for future in futures for outcome in future.result()]
         except BrokenProcessPool:
             self._broken = True
@@ -138,10 +140,8 @@ class Preprocessor:
         """Prepare ``indices`` one per task, on a new pool if a process died, filling ``outcomes``;
         returns those whose task was lost to a process that died."""
         if self._broken or self._pool is None:
-            if self._pool is not None:
-                self._pool.shutdown(wait=False, cancel_futures=True)
-            self.rebuilds += 1
-            self._pool, self._broken = self._new_pool(), False
+            self._replace()
+        assert self._pool is not None
         futures: dict[int, Future[list[Outcome]]] = {
             i: self._pool.submit(self.task, [blobs[i]], *self.limits) for i in indices
         }
@@ -153,6 +153,13 @@ class Preprocessor:
                 self._broken = True
                 lost.append(i)
         return lost
+
+    def _replace(self) -> None:
+        """A new pool in place of one a dying process broke."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self.rebuilds += 1
+        self._pool, self._broken = self._new_pool(), False
 
     def close(self) -> None:
         if self._pool is not None:

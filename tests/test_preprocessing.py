@@ -96,3 +96,16 @@ def test_auto_pool_size_leaves_the_cores_to_the_model_on_a_cpu() -> None:
     assert auto_workers("cpu", cores=16) == 0
     assert auto_workers("cuda", cores=16) == 14
     assert auto_workers("cuda", cores=2) == 1
+
+
+@pytest.mark.timeout(180)
+def test_a_pool_broken_by_the_last_image_of_a_batch_serves_the_next_batch(blobs: list[bytes]) -> None:
+    # Every image kills its process: the last one tried alone leaves the pool broken behind it.
+    pool = Preprocessor(2, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, task=dies_on_killer)
+    try:
+        dead = pool.map([KILLER] * POOL_MIN_BATCH)
+        again = pool.map(blobs[:POOL_MIN_BATCH])
+    finally:
+        pool.close()
+    assert all(o.error == PROCESS_DIED.format("its process exited abruptly") for o in dead)
+    assert len(again) == POOL_MIN_BATCH and all(o.error is None for o in again)

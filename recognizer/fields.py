@@ -105,13 +105,12 @@ class _Plan:
     fixed: bool  # comb: each piece is one character
 
 
-def _box(to_original: np.ndarray, shape: tuple[int, int], ys: np.ndarray, xs: np.ndarray) -> Box:
+def _box(to_original: np.ndarray, shape: tuple[int, int], ys: np.ndarray, xs: np.ndarray, pad: int) -> Box:
+    """The pixels' box in the crop; ``pad`` widens it by the rounding a turned scan costs."""
     x0, x1, y0, y1 = float(xs.min()), float(xs.max()) + 1, float(ys.min()), float(ys.max()) + 1
     corners = np.array([[x0, y0, 1], [x1, y0, 1], [x0, y1, 1], [x1, y1, 1]])
     px, py = (corners @ to_original.T).T
     h, w = shape
-    exact = np.allclose(to_original, [[1, 0, 0], [0, 1, 0]])
-    pad = 0 if exact else 1
     return (
         max(0, math.floor(px.min()) - pad),
         max(0, math.floor(py.min()) - pad),
@@ -154,6 +153,7 @@ def _plan(image: np.ndarray, p: ReaderParams) -> _Plan:
     plan = _Plan(frame.kind, pieces, [], [], [], [], [], fixed)
     for q in pieces:
         plan.sizes.append(len(q.ys) / (0.05 * height * height))
+    pad = 0 if np.allclose(ink.to_original, [[1, 0, 0], [0, 1, 0]]) else 1  # once per crop, not per span
     for i, j in spans:
         span_ys, span_xs = join(pieces[i:j])
         try:
@@ -164,7 +164,7 @@ def _plan(image: np.ndarray, p: ReaderParams) -> _Plan:
         plan.spans.append((i, j))
         plan.inputs.append(x)
         plan.shape.append(shape)
-        plan.boxes.append(_box(ink.to_original, ink.shape, span_ys, span_xs))
+        plan.boxes.append(_box(ink.to_original, ink.shape, span_ys, span_xs, pad))
     return plan
 
 

@@ -45,8 +45,9 @@ def _field_chars(data: bytes, text: str, reader: Predictor, settings: Settings) 
     return None if cuts is None else [np.clip(c[0] * scan.MNIST_STD + scan.MNIST_MEAN, 0, 1) for c in cuts]
 
 
-def labelled_split(labels: Labels, samples: list[Sample], settings: Settings, reader: Predictor) -> LabelledData:
-    """Every readable sample as training images; fields as their aligned characters."""
+def labelled_split(labels: Labels, samples: list[Sample], settings: Settings, reader: Predictor | None) -> LabelledData:
+    """Every readable sample as training images; fields as their aligned characters (``reader``
+    is needed only when a sample is a field)."""
     images: list[np.ndarray] = []
     targets: list[int] = []
     out = LabelledData(Split(torch.empty(0, 1, scan.SIZE, scan.SIZE), torch.empty(0, dtype=torch.int64)))
@@ -61,6 +62,8 @@ def labelled_split(labels: Labels, samples: list[Sample], settings: Settings, re
                 images.append(scan.prepare(gray))
                 targets.append(sample.label)
                 continue
+            if reader is None:
+                raise ValueError("a labelled field needs a reader to cut it into characters")
             chars = _field_chars(data, sample.text, reader, settings)
         except ImageError as exc:
             log.warning("labelled image %s (%s) skipped: %s", sample.digest[:12], sample.path, exc)

@@ -121,7 +121,13 @@ def _retrain(
     if not holdout_samples:
         return summary | {"reason": "no held-out labelled samples to judge a candidate by: label more samples"}
 
-    reader = Engine.from_weights(parent_weights, parent.arch, temperature=parent.temperature, compile=False)
+    # The parent's engine cuts labelled fields into characters: built only when a field is labelled.
+    fields = any(s.text is not None for s in train_samples + holdout_samples)
+    reader = (
+        Engine.from_weights(parent_weights, parent.arch, temperature=parent.temperature, compile=False)
+        if fields
+        else None
+    )
     new_data = labelled_split(labels, train_samples, settings, reader)
     held_data = labelled_split(labels, holdout_samples, settings, reader)
     new, heldout = new_data.split, held_data.split

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,12 @@ import numpy as np
 from bench.fieldmodel import TrainedModel, engine_from, from_file, train_or_load
 from bench.synth import STYLES, Box, DigitPool, Field, load_mnist, render_field
 from bench.synth.fieldset import tile_sheet
+from config.errors import ImageError
 from recognizer import scan
 from recognizer.engine import Engine
 from recognizer.fields import FieldReading, ReaderParams, read_fields
 
-__all__ = ["char_errors", "main", "measure", "reading_sheet", "segmented"]
+__all__ = ["Reader", "char_errors", "main", "measure", "reading_sheet", "segmented", "segmenting"]
 
 # Validation and test fields never share seeds, whatever their digits.
 SEEDS = {"val": 1009, "test": 2003}
@@ -46,11 +48,19 @@ def char_errors(truth: str, read: str) -> int:
     return prev[-1]
 
 
-def _read(images: list[np.ndarray], engine: Engine, params: ReaderParams) -> tuple[list[FieldReading | None], float]:
+Reader = Callable[[list[np.ndarray]], "list[FieldReading | ImageError]"]
+
+
+def segmenting(engine: Engine, params: ReaderParams | None = None) -> Reader:
+    """Segmentation then recognition: recognizer.fields with the serving engine."""
+    return lambda images: read_fields(images, engine, params or ReaderParams())
+
+
+def _read(images: list[np.ndarray], reader: Reader) -> tuple[list[FieldReading | None], float]:
     readings: list[FieldReading | None] = []
     start = time.perf_counter()
     for i in range(0, len(images), CHUNK):
-        for r in read_fields(images[i : i + CHUNK], engine, params):
+        for r in reader(images[i : i + CHUNK]):
             readings.append(r if isinstance(r, FieldReading) else None)
     return readings, time.perf_counter() - start
 
@@ -127,7 +137,7 @@ def _single_digits(engine: Engine, images: np.ndarray, labels: np.ndarray) -> di
     }
 
 
-def measure(pool: DigitPool, engine: Engine, split: str, count: int, params: ReaderParams) -> dict[str, Any]:
+def measure(pool: DigitPool, reader: Reader, split: str, count: int) -> dict[str, Any]:
     """Every field figure on ``count`` fields of each kind drawn from ``pool``."""
     seed = SEEDS[split]
     out: dict[str, Any] = {}
@@ -136,13 +146,25 @@ def measure(pool: DigitPool, engine: Engine, split: str, count: int, params: Rea
     for name, style in kinds.items():
         # Boxed and unboxed single digits share seeds: the same samples, sizes and strokes.
         fields = [render_field(pool, (seed, i), style) for i in range(count)]
-        readings, seconds = _read([f.image for f in fields], engine, params)
+        readings, seconds = _read([f.image for f in fields], reader)
         out[name] = _score(name, fields, readings, seconds)
     out["box_minus_unboxed"] = round(out["box"]["exact"] - out["unboxed"]["exact"], 2)
     return out
 
 
 @click.command()
+@click.option(
+    "--method",
+    type=click.Choice(["seg", "seq"]),
+    default="seg",
+    show_default=True,
+    help="seg: segmentation then the digit model (what workers serve); seq: the CTC sequence network.",
+)
+@click.option(
+    "--seq-weights",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --method seq: the sequence network's .safetensors (python -m trainer.sequence).",
+)
 @click.option(
     "--split",
     type=click.Choice(sorted(SEEDS)),
@@ -187,6 +209,8 @@ def measure(pool: DigitPool, engine: Engine, split: str, count: int, params: Rea
     help="Also draw 9 fields of each kind with the reader's boxes and readings into this PNG.",
 )
 def main(
+    method: str,
+    seq_weights: Path | None,
     split: str,
     count: int,
     source: str,
@@ -200,23 +224,22 @@ def main(
     sheet: Path | None,
 ) -> None:
     """Measure the field reader on generated fields."""
-    if source == "registry":
-        from bench.common import current_model
-        from config.settings import load_settings
-
-        info, blob = current_model(load_settings())
-        model = TrainedModel(blob, info.temperature, float(info.metrics.get("val_accuracy", 0.0)), info.version)
-    elif source == "file":
-        if weights is None:
-            raise click.UsageError("--model file needs --weights PATH (with its info.json or NAME.json beside it)")
-        model = from_file(weights)
+    engine = None
+    if method == "seg" or digits:
+        model = _digit_model(source, weights, data_root, cache, train_limit, train_epochs)
+        engine = engine_from(model)
+    if method == "seq":
+        if seq_weights is None:
+            raise click.UsageError("--method seq needs --seq-weights PATH (from `python -m trainer.sequence`)")
+        reader = sequence_reader(seq_weights)
+        described = f"sequence:{seq_weights.name}"
     else:
-        model = train_or_load(data_root, cache, limit=train_limit, epochs=train_epochs)
-    engine = engine_from(model)
+        assert engine is not None
+        reader, described = segmenting(engine), model.source
     pool = DigitPool(*load_mnist(data_root, train=split == "val"))
-    figures: dict[str, Any] = {"split": split, "model": model.source, "count": count}
-    figures |= measure(pool, engine, split, count, ReaderParams())
-    if digits:
+    figures: dict[str, Any] = {"split": split, "method": method, "model": described, "count": count}
+    figures |= measure(pool, reader, split, count)
+    if engine is not None and digits:
         images, labels = load_mnist(data_root, train=False)
         figures["single_digits"] = _single_digits(engine, images[:digits], labels[:digits])
     click.echo(json.dumps(figures, indent=2))
@@ -224,8 +247,35 @@ def main(
         json_out.write_text(json.dumps(figures, indent=2))
     if sheet:
         shown = [render_field(pool, (SEEDS[split], i), STYLES[k]) for k in ("comb", "free", "box") for i in range(3)]
-        readings, _ = _read([f.image for f in shown], engine, ReaderParams())
+        readings, _ = _read([f.image for f in shown], reader)
         reading_sheet(shown, readings, sheet)
+
+
+def _digit_model(
+    source: str, weights: Path | None, data_root: Path, cache: Path, train_limit: int | None, train_epochs: int
+) -> TrainedModel:
+    if source == "registry":
+        from bench.common import current_model
+        from config.settings import load_settings
+
+        info, blob = current_model(load_settings())
+        return TrainedModel(blob, info.temperature, float(info.metrics.get("val_accuracy", 0.0)), info.version)
+    if source == "file":
+        if weights is None:
+            raise click.UsageError("--model file needs --weights PATH (with its info.json or NAME.json beside it)")
+        return from_file(weights)
+    return train_or_load(data_root, cache, limit=train_limit, epochs=train_epochs)
+
+
+def sequence_reader(path: Path) -> Reader:
+    """The sequence network saved at ``path`` (safetensors), reading eagerly on the CPU."""
+    from safetensors.torch import load_file
+
+    from recognizer.sequence import SequenceReader, build
+
+    model = build()
+    model.load_state_dict(load_file(str(path)))
+    return SequenceReader(model).read
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from recognizer.segment import (
     width,
 )
 
-__all__ = ["CharReading", "FieldReading", "ReaderParams", "aligned_cuts", "candidates", "read_fields"]
+__all__ = ["CharReading", "FieldReading", "ReaderParams", "aligned_cuts", "candidates", "ink_box", "read_fields"]
 
 Box = tuple[int, int, int, int]
 # A crop with more separate marks than this is not one field (a page, or noise).
@@ -105,7 +105,7 @@ class _Plan:
     fixed: bool  # comb: each piece is one character
 
 
-def _box(to_original: np.ndarray, shape: tuple[int, int], ys: np.ndarray, xs: np.ndarray, pad: int) -> Box:
+def ink_box(to_original: np.ndarray, shape: tuple[int, int], ys: np.ndarray, xs: np.ndarray, pad: int) -> Box:
     """The pixels' box in the crop; ``pad`` widens it by the rounding a turned scan costs."""
     x0, x1, y0, y1 = float(xs.min()), float(xs.max()) + 1, float(ys.min()), float(ys.max()) + 1
     corners = np.array([[x0, y0, 1], [x1, y0, 1], [x0, y1, 1], [x1, y1, 1]])
@@ -164,7 +164,7 @@ def _plan(image: np.ndarray, p: ReaderParams) -> _Plan:
         plan.spans.append((i, j))
         plan.inputs.append(x)
         plan.shape.append(shape)
-        plan.boxes.append(_box(ink.to_original, ink.shape, span_ys, span_xs, pad))
+        plan.boxes.append(ink_box(ink.to_original, ink.shape, span_ys, span_xs, pad))
     return plan
 
 

@@ -13,13 +13,20 @@ from tests.conftest import BIN
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture
+def env(env: dict[str, str]) -> dict[str, str]:
+    """A field stage of a few dozen fields: the default 5,000 cost 2-3 minutes per test here, and
+    the stage's own behaviour is checked in test_registry_integration."""
+    return env | {"INKQ_FIELD_STAGE_FIELDS": "24"}
+
+
 def trainer(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN / "trainer"), *args], check=False, env=env, capture_output=True, text=True, timeout=timeout
     )
 
 
-@pytest.mark.timeout(900)  # 150 s alone on 2 cores; over 300 s when the cores are shared
+@pytest.mark.timeout(600)
 def test_train_publish_list_evaluate(env: dict[str, str], mnist_root: Path) -> None:
     run = trainer(
         env,

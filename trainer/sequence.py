@@ -1,0 +1,202 @@
+"""Train the CTC sequence network (recognizer.sequence) on fields composed from MNIST training digits.
+
+    python -m trainer.sequence --data-root ../shared/data/mnist --fields 12000 --epochs 1.2 --out seq.safetensors
+
+Steps: draw fields (free, comb and boxed, 1-12 digits) from the training digits outside the base
+model's validation split; prepare each as the reader will (``line_input``); train with CTC loss,
+lines of similar width batched together; report exact fields on held-out generated lines.
+The fields are rendered once and kept in ``--cache`` (an .npz) so a second run starts at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, replace
+from multiprocessing import Pool
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from bench.synth import STYLES, DigitPool, FieldStyle, render_field
+from recognizer import scan
+from recognizer.sequence import BLANK, HEIGHT, SequenceNet, best_path, build, frames, line_input
+from trainer.data import load_raw, validation_order
+
+__all__ = ["Lines", "evaluate", "generate", "train"]
+
+log = logging.getLogger(__name__)
+
+# What the network learns from: a share of each kind of field.
+MIX = (
+    (0.40, STYLES["free"]),
+    (0.15, replace(STYLES["free"], length=(1, 12))),
+    (0.30, replace(STYLES["comb"], length=(3, 10))),
+    (0.15, replace(STYLES["box"], length=(1, 4))),
+)
+
+
+@dataclass
+class Lines:
+    """Prepared lines as uint8 ink (0-255) of height HEIGHT and varying widths, and their texts."""
+
+    ink: list[np.ndarray]
+    texts: list[str]
+    kinds: list[str]
+
+    def save(self, path: Path) -> None:
+        flat = np.concatenate([a.reshape(-1) for a in self.ink])
+        widths = np.array([a.shape[1] for a in self.ink])
+        np.savez(path, flat=flat, widths=widths, texts=np.array(self.texts), kinds=np.array(self.kinds))
+
+    @classmethod
+    def load(cls, path: Path) -> Lines:
+        d = np.load(path)
+        widths, flat = d["widths"], d["flat"]
+        bounds = np.concatenate([[0], np.cumsum(widths * HEIGHT)])
+        ink = [flat[a:b].reshape(HEIGHT, w) for a, b, w in zip(bounds[:-1], bounds[1:], widths, strict=True)]
+        return cls(ink, [str(t) for t in d["texts"]], [str(k) for k in d["kinds"]])
+
+    def batch(self, idx: np.ndarray) -> torch.Tensor:
+        width = max(int(self.ink[i].shape[1]) for i in idx)
+        x = np.zeros((len(idx), 1, HEIGHT, width), np.float32)
+        for row, i in enumerate(idx):
+            x[row, 0, :, : self.ink[i].shape[1]] = self.ink[i] / 255.0
+        return torch.from_numpy((x - scan.MNIST_MEAN) / scan.MNIST_STD)
+
+
+_WORKER: dict[str, DigitPool] = {}  # each generating process's digit pool, set once at its start
+
+
+def _init(pool: DigitPool) -> None:
+    _WORKER["pool"] = pool
+
+
+def _one(job: tuple[int, int]) -> tuple[np.ndarray, str, str] | None:
+    seed, i = job
+    pick = np.random.default_rng((seed, i, 99)).random()
+    style = next((s for share, s in _cumulative() if pick < share), MIX[-1][1])
+    field = render_field(_WORKER["pool"], (seed, i), style)
+    try:
+        line = line_input(field.image)
+    except Exception:  # a field whose ink the reader cannot find teaches nothing
+        return None
+    ink = line.x[0] * scan.MNIST_STD + scan.MNIST_MEAN
+    return np.clip(np.round(ink * 255), 0, 255).astype(np.uint8), field.text, field.kind
+
+
+def _cumulative() -> list[tuple[float, FieldStyle]]:
+    total, out = 0.0, []
+    for share, style in MIX:
+        total += share
+        out.append((total, style))
+    return out
+
+
+def generate(pool: DigitPool, count: int, seed: int, processes: int = 2) -> Lines:
+    """``count`` generated fields prepared as lines (a few are dropped when no ink is found)."""
+    with Pool(processes, initializer=_init, initargs=(pool,)) as workers:
+        made = workers.map(_one, [(seed, i) for i in range(count)], chunksize=64)
+    kept = [m for m in made if m is not None]
+    return Lines([m[0] for m in kept], [m[1] for m in kept], [m[2] for m in kept])
+
+
+def _batches(lines: Lines, size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Lines of similar width together (little padding), the batches in random order."""
+    widths = np.array([a.shape[1] for a in lines.ink])
+    order = np.argsort(widths + rng.random(len(widths)) * 8, kind="stable")
+    out = [order[i : i + size] for i in range(0, len(order), size)]
+    rng.shuffle(out)
+    return out
+
+
+def _loss(model: SequenceNet, lines: Lines, idx: np.ndarray) -> torch.Tensor:
+    log_probs = model(lines.batch(idx)).float().log_softmax(-1).transpose(0, 1)  # (T, N, C)
+    targets = torch.tensor([int(c) for i in idx for c in lines.texts[i]])
+    target_lengths = torch.tensor([len(lines.texts[i]) for i in idx])
+    input_lengths = torch.tensor([frames(int(lines.ink[i].shape[1])) for i in idx])
+    return F.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=BLANK, zero_infinity=True)
+
+
+def train(model: SequenceNet, lines: Lines, epochs: float, *, batch: int = 16, lr: float = 1e-3, seed: int = 0) -> None:
+    """AdamW with a one-cycle schedule over ``epochs`` passes (fractions allowed)."""
+    rng = np.random.default_rng(seed)
+    steps = max(1, int(math.ceil(len(lines.texts) / batch) * epochs))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    model.train()
+    step, start, recent = 0, time.perf_counter(), []
+    while step < steps:
+        for idx in _batches(lines, batch, rng)[: steps - step]:
+            loss = _loss(model, lines, idx)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            schedule.step()
+            step += 1
+            recent.append(loss.item())
+            if step % 50 == 0 or step == steps:
+                took = time.perf_counter() - start
+                log.info("step %d/%d loss %.4f (%.0f s)", step, steps, np.mean(recent[-50:]), took)
+    model.eval()
+
+
+@torch.no_grad()
+def evaluate(model: SequenceNet, lines: Lines, batch: int = 64) -> dict[str, float]:
+    """Exact fields, in percent, per kind of field."""
+    model.eval()
+    right: dict[str, list[int]] = {}
+    order = np.argsort([a.shape[1] for a in lines.ink])
+    for start in range(0, len(order), batch):
+        idx = order[start : start + batch]
+        best = model(lines.batch(idx)).argmax(-1).tolist()
+        for i, path in zip(idx, best, strict=True):
+            text = "".join(str(k) for k, _, _ in best_path(path[: frames(int(lines.ink[i].shape[1]))]))
+            tally = right.setdefault(lines.kinds[i], [0, 0])
+            tally[0] += text == lines.texts[i]
+            tally[1] += 1
+    return {kind: round(100 * a / n, 2) for kind, (a, n) in sorted(right.items())}
+
+
+def _pool(root: Path, val_size: int, seed: int) -> DigitPool:
+    images, labels = load_raw(root, train=True)
+    keep = validation_order(len(labels), seed)[val_size:].numpy()
+    return DigitPool(images[keep], labels[keep])
+
+
+@click.command()
+@click.option("--data-root", envvar="INKQ_DATA_ROOT", required=True, type=click.Path(path_type=Path))
+@click.option("--fields", type=click.IntRange(min=16), default=12000, show_default=True)
+@click.option("--held-out", type=click.IntRange(min=0), default=300, show_default=True)
+@click.option("--epochs", type=click.FloatRange(min=0.01), default=1.2, show_default=True)
+@click.option("--val-size", type=int, default=1000, show_default=True, help="Training digits kept out of fields.")
+@click.option("--cache", type=click.Path(dir_okay=False, path_type=Path), help="Keep the rendered lines here.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def main(
+    data_root: Path, fields: int, held_out: int, epochs: float, val_size: int, cache: Path | None, out: Path
+) -> None:
+    """Train the sequence network and save it as safetensors."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    pool = _pool(data_root, val_size, seed=0)
+    if cache is not None and cache.exists():
+        lines = Lines.load(cache)
+    else:
+        lines = generate(pool, fields, seed=7)
+        if cache is not None:
+            lines.save(cache)
+    held = generate(pool, held_out, seed=8) if held_out else None
+    torch.manual_seed(0)
+    model = build()
+    train(model, lines, epochs)
+    save_file(model.state_dict(), str(out))
+    if held is not None:
+        click.echo(f"held-out exact fields: {evaluate(model, held)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -26,8 +26,8 @@ import numpy as np
 
 from config.errors import BlankImageError, ImageDecodeError, ImageError, ImageTooLargeError
 from recognizer.engine import Prediction
-from recognizer.frames import find_frame
-from recognizer.ink import FAINT, deskew, find_rules, ink_maps, remove_rules
+from recognizer.frames import Frame, find_frame
+from recognizer.ink import FAINT, Ink, deskew, find_rules, ink_maps, remove_rules
 from recognizer.segment import (
     Piece,
     SegmentParams,
@@ -42,9 +42,19 @@ from recognizer.segment import (
     width,
 )
 
-__all__ = ["CharReading", "FieldReading", "ReaderParams", "aligned_cuts", "candidates", "ink_box", "read_fields"]
+__all__ = [
+    "CharReading",
+    "FieldReading",
+    "ReaderParams",
+    "aligned_cuts",
+    "candidates",
+    "handwriting",
+    "ink_box",
+    "read_fields",
+]
 
 Box = tuple[int, int, int, int]
+Blob = tuple[np.ndarray, np.ndarray]  # a connected component's rows and columns
 # A crop with more separate marks than this is not one field (a page, or noise).
 MAX_PIECES = 120
 
@@ -119,11 +129,13 @@ def ink_box(to_original: np.ndarray, shape: tuple[int, int], ys: np.ndarray, xs:
     )
 
 
-def _plan(image: np.ndarray, p: ReaderParams) -> _Plan:
+def handwriting(image: np.ndarray, max_pixels: int) -> tuple[Ink, Frame, np.ndarray, list[Blob]]:
+    """Steps 1-2, shared with the sequence reader: the crop levelled, its printed rules found and
+    erased; returns the ink maps, the frame, the rule-free ink and its blobs (never none)."""
     a = np.asarray(image)
-    if a.ndim >= 2 and a.shape[0] * a.shape[1] > p.max_pixels:
+    if a.ndim >= 2 and a.shape[0] * a.shape[1] > max_pixels:
         raise ImageTooLargeError(
-            f"field crop is {a.shape[1]}x{a.shape[0]} pixels, over the reader's limit of {p.max_pixels:,}: "
+            f"field crop is {a.shape[1]}x{a.shape[0]} pixels, over the reader's limit of {max_pixels:,}: "
             "crop the image to the field"
         )
     ink = deskew(ink_maps(a))
@@ -133,6 +145,11 @@ def _plan(image: np.ndarray, p: ReaderParams) -> _Plan:
     blobs = components(clean)
     if not blobs:
         raise BlankImageError("no handwriting found once the printed rules are taken out (an empty field)")
+    return ink, frame, clean, blobs
+
+
+def _plan(image: np.ndarray, p: ReaderParams) -> _Plan:
+    ink, frame, clean, blobs = handwriting(image, p.max_pixels)
     height = text_height(blobs)
     s = p.segment
     if frame.kind == "comb":

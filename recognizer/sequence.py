@@ -28,12 +28,11 @@ import torch
 import torchvision
 from torch import nn
 
-from config.errors import BlankImageError, ImageDecodeError, ImageError, ImageTooLargeError
+from config.errors import ImageDecodeError, ImageError
 from recognizer import scan
-from recognizer.fields import Box, CharReading, FieldReading, ink_box
-from recognizer.frames import find_frame
-from recognizer.ink import FAINT, deskew, find_rules, ink_maps, remove_rules
-from recognizer.segment import components, text_height
+from recognizer.fields import Box, CharReading, FieldReading, handwriting, ink_box
+from recognizer.ink import FAINT
+from recognizer.segment import text_height
 
 __all__ = [
     "BLANK",
@@ -112,19 +111,7 @@ class LineInput:
 
 def line_input(image: np.ndarray, max_pixels: int = MAX_PIXELS) -> LineInput:
     """The crop's handwriting as one normalised line; raises ``ImageError`` when there is none."""
-    a = np.asarray(image)
-    if a.ndim >= 2 and a.shape[0] * a.shape[1] > max_pixels:
-        raise ImageTooLargeError(
-            f"field crop is {a.shape[1]}x{a.shape[0]} pixels, over the reader's limit of {max_pixels:,}: "
-            "crop the image to the field"
-        )
-    ink = deskew(ink_maps(a))
-    ys, _ = np.nonzero(ink.marks > FAINT)
-    frame = find_frame(find_rules(ink, float(ys.max() - ys.min() + 1) if len(ys) else 1.0), ink.marks)
-    clean = remove_rules(ink.ink, frame.rules)
-    blobs = components(clean)
-    if not blobs:
-        raise BlankImageError("no handwriting found once the printed rules are taken out (an empty field)")
+    ink, frame, clean, blobs = handwriting(image, max_pixels)
     # Keep the blobs and the faint rim around them; specks of noise below the solid level go.
     mask = np.zeros(clean.shape, np.uint8)
     for by, bx in blobs:

@@ -17,6 +17,7 @@ is the best path with repeats merged and blanks dropped, so no cut is ever decid
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -162,15 +163,19 @@ def best_path(path: Sequence[int]) -> list[tuple[int, int, int]]:
 def decode(log_probs: torch.Tensor, line: LineInput) -> FieldReading:
     """The best path through one line's frames (T, 11 log-probabilities, padding frames cut off):
     each run of one digit is a character; its confidence is its peak frame's probability, its
-    top 3 that frame's digits renormalised without the blank."""
+    top 3 that frame's digits renormalised without the blank, its box the ink nearest its peak."""
     probs = log_probs[: frames(line.width)].float().exp()
+    runs = best_path(probs.argmax(dim=1).tolist())
+    peaks = [t + int(probs[t:end, k].argmax()) for k, t, end in runs]
+    # A character owns the columns closer to its peak than to its neighbours' (CTC's runs are
+    # narrower than the ink): the box is the ink there.
+    bounds = [0] + [(a + b + 1) // 2 for a, b in itertools.pairwise(peaks)] + [len(probs)]
     chars: list[CharReading] = []
-    for k, t, end in best_path(probs.argmax(dim=1).tolist()):
-        peak = t + int(probs[t:end, k].argmax())
+    for i, ((k, _, _), peak) in enumerate(zip(runs, peaks, strict=True)):
         digits = probs[peak, :BLANK] / probs[peak, :BLANK].sum().clamp_min(1e-12)
         conf, labels = digits.topk(3)
         top3 = [(int(a), float(b)) for a, b in zip(labels.tolist(), conf.tolist(), strict=True)]
-        chars.append(CharReading(k, float(probs[peak, k]), top3, _char_box(line, t, end)))
+        chars.append(CharReading(k, float(probs[peak, k]), top3, _char_box(line, bounds[i], bounds[i + 1])))
     confidence = math.prod(c.confidence for c in chars) if chars else 0.0
     return FieldReading("".join(str(c.label) for c in chars), chars, confidence, line.layout)
 

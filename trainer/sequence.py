@@ -1,6 +1,7 @@
 """Train the CTC sequence network (recognizer.sequence) on fields composed from MNIST training digits.
 
     python -m trainer.sequence --data-root ../shared/data/mnist --fields 12000 --epochs 1.2 --out seq.safetensors
+    python -m trainer.sequence ... --init seq.safetensors --lr 5e-4 --warmup 0.02 --epochs 0.5 --out seq2.safetensors
 
 Steps: draw fields (free, comb and boxed, 1-12 digits) from the training digits outside the base
 model's validation split; prepare each as the reader will (``line_input``); train with CTC loss,
@@ -21,7 +22,7 @@ import click
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from bench.synth import STYLES, DigitPool, FieldStyle, render_field
 from recognizer import scan
@@ -123,12 +124,24 @@ def _loss(model: SequenceNet, lines: Lines, idx: np.ndarray) -> torch.Tensor:
     return F.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=BLANK, zero_infinity=True)
 
 
-def train(model: SequenceNet, lines: Lines, epochs: float, *, batch: int = 16, lr: float = 1e-3, seed: int = 0) -> None:
-    """AdamW with a one-cycle schedule over ``epochs`` passes (fractions allowed)."""
+def train(
+    model: SequenceNet,
+    lines: Lines,
+    epochs: float,
+    *,
+    batch: int = 16,
+    lr: float = 1e-3,
+    warmup: float = 0.1,
+    max_steps: int | None = None,
+    seed: int = 0,
+) -> None:
+    """AdamW with a one-cycle schedule over ``epochs`` passes (fractions allowed), ``warmup`` of
+    it rising to ``lr``; ``max_steps`` stops early, partway through the schedule."""
     rng = np.random.default_rng(seed)
-    steps = max(1, int(math.ceil(len(lines.texts) / batch) * epochs))
+    planned = max(1, int(math.ceil(len(lines.texts) / batch) * epochs))
+    steps = min(planned, max_steps or planned)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=planned, pct_start=warmup)
     model.train()
     step, start, recent = 0, time.perf_counter(), []
     while step < steps:
@@ -175,10 +188,24 @@ def _pool(root: Path, val_size: int, seed: int) -> DigitPool:
 @click.option("--held-out", type=click.IntRange(min=0), default=300, show_default=True)
 @click.option("--epochs", type=click.FloatRange(min=0.01), default=1.2, show_default=True)
 @click.option("--val-size", type=int, default=1000, show_default=True, help="Training digits kept out of fields.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="The schedule's peak learning rate.")
+@click.option("--warmup", type=float, default=0.1, show_default=True, help="Share of the schedule rising to --lr.")
+@click.option("--max-steps", type=int, help="Stop after this many steps, partway through the schedule.")
+@click.option("--init", type=click.Path(dir_okay=False, path_type=Path), help="Continue from these weights.")
 @click.option("--cache", type=click.Path(dir_okay=False, path_type=Path), help="Keep the rendered lines here.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 def main(
-    data_root: Path, fields: int, held_out: int, epochs: float, val_size: int, cache: Path | None, out: Path
+    data_root: Path,
+    fields: int,
+    held_out: int,
+    epochs: float,
+    val_size: int,
+    lr: float,
+    warmup: float,
+    max_steps: int | None,
+    init: Path | None,
+    cache: Path | None,
+    out: Path,
 ) -> None:
     """Train the sequence network and save it as safetensors."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -192,7 +219,9 @@ def main(
     held = generate(pool, held_out, seed=8) if held_out else None
     torch.manual_seed(0)
     model = build()
-    train(model, lines, epochs)
+    if init is not None:
+        model.load_state_dict(load_file(str(init)))
+    train(model, lines, epochs, lr=lr, warmup=warmup, max_steps=max_steps)
     save_file(model.state_dict(), str(out))
     if held is not None:
         click.echo(f"held-out exact fields: {evaluate(model, held)}")

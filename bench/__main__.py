@@ -121,10 +121,7 @@ def main(quick: bool, parts: tuple[str, ...], images: int | None, data_root: str
                 click.echo(report_latency(runs))
             if "start" in pipeline_parts:
                 result["worker_start_s"] = pipeline.worker_start(s, work / "compile-cache")
-                click.echo(
-                    f"worker start: cold {result['worker_start_s']['cold']:.1f}s, "
-                    f"warm {result['worker_start_s']['warm']:.1f}s"
-                )
+                click.echo(report_start(result["worker_start_s"]))
             if "retrain" in pipeline_parts:
                 train_images, train_labels = load_mnist(root, train=True)
                 count = 40 if quick else 1000
@@ -199,6 +196,16 @@ def report_latency(runs: dict[str, dict[str, Any]]) -> str:
         f"p99 {run['p99']:.1f} ms; batch sizes {run['batch_sizes']}"
         for name, run in runs.items()
     )
+
+
+def report_start(ws: dict[str, Any]) -> str:
+    line = (
+        f"worker start: cold {ws['cold']:.1f}s ({ws['cold_engine']}), warm {ws['warm']:.1f}s ({ws['warm_engine']})"
+        f"; AOT packages: {ws['packages']} ({ws['package_build_s']:.0f}s after the cold start was ready)"
+    )
+    if "warm_compile_only" in ws:
+        line += f"; warm with packages off (torch.compile only): {ws['warm_compile_only']:.1f}s"
+    return line
 
 
 def goals(result: dict[str, Any]) -> list[str]:

@@ -168,7 +168,8 @@ class Engine:
             dummy = torch.zeros(size, 1, 28, 28)
             try:
                 self._run(dummy)
-                self._run(dummy)  # CUDA graphs record on the second call
+                if self.cuda_graphs:
+                    self._run(dummy)  # CUDA graphs record on the second call
             except Exception as exc:
                 if self.source == "aot":  # a package that loaded but fails to run: compile instead
                     log.warning("AOT package failed to run (%s); compiling instead", exc)

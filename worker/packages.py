@@ -52,8 +52,13 @@ class PackageBuilds:
             *("--buckets", ",".join(map(str, buckets)), "--dtype", dtype),
         ]
         env = os.environ | {"OMP_NUM_THREADS": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1"}
-        # Its own session, so that stopping it also stops the compiler processes it started.
-        process = subprocess.Popen(command, stdin=subprocess.PIPE, env=env, start_new_session=True)
+        try:
+            # Its own session, so that stopping it also stops the compiler processes it started.
+            process = subprocess.Popen(command, stdin=subprocess.PIPE, env=env, start_new_session=True)
+        except OSError as exc:  # no packages: the next start compiles, serving goes on
+            self.status = f"failed {version} ({exc})"
+            log.warning("could not start the AOT package build for model %s: %s", version, exc)
+            return
         with self._lock:
             self._process, self.status = process, f"building {version}"
         log.info("building AOT packages of model %s in the background (pid %d)", version, process.pid)

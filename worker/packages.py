@@ -65,24 +65,30 @@ class PackageBuilds:
         except Exception as exc:  # a build that cannot finish is ended; serving goes on
             log.warning("AOT package build for model %s failed: %s", version, exc)
             _end(process)
-        seconds = time.monotonic() - started
-        code = process.returncode
-        if code == 0:
-            status = f"built {version} in {seconds:.0f}s"
-        elif code == ANOTHER_BUILDS:
-            status = f"another process builds {version}"
-        else:
-            status = f"failed {version} (exit status {code})"
-            log.warning("AOT package build for model %s failed (exit status %s); starts will compile", version, code)
+        seconds, code = time.monotonic() - started, process.returncode
         with self._lock:
-            if self._process is process:
-                self.status, self._process = status, None
+            stopped = self._process is not process  # ended by stop(): a swap or the worker stopping
+            if not stopped:
+                self._process = None
+                self.status = _status(code, version, seconds)
+        if stopped:
+            log.info("AOT package build for model %s stopped", version)
+        elif code not in (0, ANOTHER_BUILDS):
+            log.warning("AOT package build for model %s failed (exit status %s); starts will compile", version, code)
 
     def stop(self) -> None:
         with self._lock:
             process, self._process = self._process, None
         if process is not None and process.poll() is None:
             _end(process)
+
+
+def _status(code: int | None, version: str, seconds: float) -> str:
+    if code == 0:
+        return f"built {version} in {seconds:.0f}s"
+    if code == ANOTHER_BUILDS:
+        return f"another process builds {version}"
+    return f"failed {version} (exit status {code})"
 
 
 def _end(process: subprocess.Popen[bytes]) -> None:

@@ -210,10 +210,10 @@ def report_start(ws: dict[str, Any]) -> str:
     line = (
         f"worker start: cold {ws['cold']:.1f}s ({ws['cold_engine']}), warm {ws['warm']:.1f}s ({ws['warm_engine']})"
         f"; AOT packages: {ws['packages']} ({ws['package_build_s']:.0f}s after the cold start was ready)"
-        f"; importing the worker's code alone: {ws['import_only']:.1f}s"
     )
     if "warm_compile_only" in ws:
         line += f"; warm with packages off (torch.compile only): {ws['warm_compile_only']:.1f}s"
+        line += f"; importing the worker's code alone: {ws['import_only']:.1f}s"
     return line
 
 

@@ -3,6 +3,7 @@
     python -m bench                  # everything at full size (about 15 minutes on 2 cores)
     python -m bench --quick          # a smoke run: the same code paths at tiny sizes
     python -m bench --part model     # only some parts: model, e2e, fields, latency, start, retrain
+    python -m bench --untrained      # an untrained network of the served architecture, no registry needed
 
 The model under test is the registry's current version at INKQ_REDIS_URL; the end-to-end parts
 copy it into a private Redis of their own and start real worker processes there.
@@ -54,6 +55,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 )
 @click.option("--data-root", envvar="INKQ_DATA_ROOT", show_envvar=True, type=click.Path(file_okay=False))
 @click.option(
+    "--untrained",
+    is_flag=True,
+    help="Serve an untrained network of the served architecture (same compute; no registry).",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=RESULTS,
@@ -62,14 +68,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
     show_envvar=True,
     help="Folder for latest.json and the plots.",
 )
-def main(quick: bool, parts: tuple[str, ...], images: int | None, data_root: str | None, out: Path) -> None:
+def main(
+    quick: bool, parts: tuple[str, ...], images: int | None, data_root: str | None, untrained: bool, out: Path
+) -> None:
     """Benchmark inkq side by side with its baselines; every goal is a ratio from this one run."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     settings = load_settings().replace(data_root=data_root)
     selected = parts or PARTS
     result: dict[str, Any] = {"machine": common.machine(), "quick": quick, "started": time.time()}
-    info, weights = common.current_model(settings)
-    result["model_version"] = info.version
+    info, weights = common.untrained_model() if untrained else common.current_model(settings)
+    result["model_version"] = "untrained" if untrained else info.version
     root = settings.path("data_root")
 
     if "model" in selected:
@@ -121,10 +129,7 @@ def main(quick: bool, parts: tuple[str, ...], images: int | None, data_root: str
                 click.echo(report_latency(runs))
             if "start" in pipeline_parts:
                 result["worker_start_s"] = pipeline.worker_start(s, work / "compile-cache")
-                click.echo(
-                    f"worker start: cold {result['worker_start_s']['cold']:.1f}s, "
-                    f"warm {result['worker_start_s']['warm']:.1f}s"
-                )
+                click.echo(report_start(result["worker_start_s"]))
             if "retrain" in pipeline_parts:
                 train_images, train_labels = load_mnist(root, train=True)
                 count = 40 if quick else 1000
@@ -199,6 +204,17 @@ def report_latency(runs: dict[str, dict[str, Any]]) -> str:
         f"p99 {run['p99']:.1f} ms; batch sizes {run['batch_sizes']}"
         for name, run in runs.items()
     )
+
+
+def report_start(ws: dict[str, Any]) -> str:
+    line = (
+        f"worker start: cold {ws['cold']:.1f}s ({ws['cold_engine']}), warm {ws['warm']:.1f}s ({ws['warm_engine']})"
+        f"; AOT packages: {ws['packages']} ({ws['package_build_s']:.0f}s after the cold start was ready)"
+    )
+    if "warm_compile_only" in ws:
+        line += f"; warm with packages off (torch.compile only): {ws['warm_compile_only']:.1f}s"
+        line += f"; importing the worker's code alone: {ws['import_only']:.1f}s"
+    return line
 
 
 def goals(result: dict[str, Any]) -> list[str]:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from config.settings import Settings
+from recognizer import artifact, network, scan
 from storage.connection import connect
 from storage.keys import Keys
 from storage.registry import Registry, VersionInfo
@@ -60,3 +61,15 @@ def median(values: list[float]) -> float:
 def current_model(settings: Settings) -> tuple[VersionInfo, bytes]:
     """The registry's current version: what the workers serve."""
     return Registry(connect(settings.redis_url), Keys(settings.key_prefix)).weights()
+
+
+def untrained_model() -> tuple[VersionInfo, bytes]:
+    """A fresh network of the served architecture: the same compute as a trained one."""
+    info = VersionInfo(
+        arch=dict(network.DEFAULT_ARCH),
+        preprocess_version=scan.PREPROCESS_VERSION,
+        temperature=1.0,
+        data_fingerprint="untrained",
+        metrics={},
+    )
+    return info, artifact.dump(network.build())

@@ -31,28 +31,14 @@ from bench.pipeline import Stack, percentiles, stack
 from bench.synth import load_mnist, write_digits
 from config.settings import load_settings
 from producer.client import Client
-from recognizer import artifact, network, scan
 from storage import broker
 from storage.priority import Priority
-from storage.registry import VersionInfo
 
 __all__ = ["main", "measure"]
 
 # Messages waiting, beyond those the worker holds, before the measurement starts.
 SATURATED = 32
 RESULTS = Path(__file__).resolve().parent / "results" / "priority.json"
-
-
-def untrained_model() -> tuple[VersionInfo, bytes]:
-    """A fresh network of the served architecture: the same compute as a trained one."""
-    info = VersionInfo(
-        arch=dict(network.DEFAULT_ARCH),
-        preprocess_version=scan.PREPROCESS_VERSION,
-        temperature=1.0,
-        data_fingerprint="untrained",
-        metrics={},
-    )
-    return info, artifact.dump(network.build())
 
 
 def singles(
@@ -184,7 +170,7 @@ def main(
 ) -> None:
     """Latency of single high-priority images while low-priority bulk jobs saturate a worker."""
     settings = load_settings().replace(data_root=data_root)
-    info, weights = untrained_model() if untrained else common.current_model(settings)
+    info, weights = common.untrained_model() if untrained else common.current_model(settings)
     worker = dict(w.split("=", 1) for w in worker_settings)
     overrides = {"compile": "false", "buckets": "1,8,32,128"} if quick else {}
     if quick:

@@ -112,6 +112,13 @@ class Settings:
     compile_cache_dir: str = _field(
         "~/.cache/inkq/compile", "Persistent torch.compile cache, so restarts do not compile from scratch."
     )
+    aot_packages: bool = _field(
+        True,
+        "After compiling a version on a CPU, a worker builds AOTInductor packages of it (one per bucket, in a "
+        "low-priority background process) under INKQ_COMPILE_CACHE_DIR/aot; later starts and hot swaps of that "
+        "version on the same kind of machine load them in about a second instead of compiling. false: always "
+        "torch.compile.",
+    )
     preprocess_workers: int = _field(
         -1,
         "Processes that decode and preprocess each batch in parallel: 0 does it in the model's thread; "

@@ -23,6 +23,7 @@ from torch import nn
 
 from config.settings import Settings
 from recognizer import artifact, network
+from recognizer.aot import Packages
 from storage.registry import VersionInfo
 
 log = logging.getLogger(__name__)
@@ -104,10 +105,13 @@ class Engine:
         version: str = "",
         bf16_agreement: float | None = None,
         cuda_graphs: bool = True,
+        packages: Packages | None = None,
     ) -> None:
         # cuda_graphs: a compiled engine on CUDA replays each bucket as a CUDA graph (inductor's
         # "reduce-overhead"): at small batches launch overhead, not arithmetic, is the cost.
         # Off only to measure what the graphs buy (bench/gpu.py).
+        # packages: this version's AOTInductor packages (recognizer/aot.py), loaded instead of
+        # compiling when every bucket has a good one (CPU only: CUDA keeps its graphs).
         self.version = version
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device, bf16_agreement)
@@ -124,11 +128,21 @@ class Engine:
         self.warm_seconds = 0.0
         # Why compilation failed and this engine serves eagerly (None: it did not fail).
         self.compile_error: str | None = None
+        self.source = "eager"  # how the model runs: eager, compiled (torch.compile) or aot (packages)
         if compile:
             configure_compiler(cache_dir)
-            mode = "reduce-overhead" if self.device.type == "cuda" and cuda_graphs else None
-            self._forward = torch.compile(self.model, dynamic=False, fullgraph=True, mode=mode)
-            self.compiled = True
+            aot = None
+            if packages is not None and self.device.type == "cpu":
+                aot = packages.load(self.model, self.buckets, self.dtype, self.device)
+            if aot is not None:
+                self._forward, self.compiled, self.source = aot, True, "aot"
+            else:
+                self._compile()
+
+    def _compile(self) -> None:
+        mode = "reduce-overhead" if self.cuda_graphs else None
+        self._forward = torch.compile(self.model, dynamic=False, fullgraph=True, mode=mode)
+        self.compiled, self.source = True, "compiled"
 
     @classmethod
     def from_weights(cls, weights: bytes, arch: dict[str, Any], **kwargs: Any) -> Engine:
@@ -141,6 +155,7 @@ class Engine:
 
     def describe(self) -> str:
         kind = ("compiled + CUDA graphs" if self.cuda_graphs else "compiled") if self.compiled else "eager"
+        kind = "AOT-compiled (packages)" if self.source == "aot" else kind
         return f"{kind} {str(self.dtype).removeprefix('torch.')} on {self.device}, buckets {list(self.buckets)}"
 
     def warm(self) -> float:
@@ -153,13 +168,18 @@ class Engine:
             dummy = torch.zeros(size, 1, 28, 28)
             try:
                 self._run(dummy)
-                self._run(dummy)  # CUDA graphs record on the second call
+                if self.cuda_graphs:
+                    self._run(dummy)  # CUDA graphs record on the second call
             except Exception as exc:
+                if self.source == "aot":  # a package that loaded but fails to run: compile instead
+                    log.warning("AOT package failed to run (%s); compiling instead", exc)
+                    self._compile()
+                    return self.warm() + (time.perf_counter() - start)
                 if not self.compiled:
                     raise
                 self.compile_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
                 log.warning("torch.compile failed (%s); serving the eager model instead", self.compile_error)
-                self._forward, self.compiled, self.cuda_graphs = self.model, False, False
+                self._forward, self.compiled, self.cuda_graphs, self.source = self.model, False, False, "eager"
                 return self.warm() + (time.perf_counter() - start)
         self.warm_seconds = time.perf_counter() - start
         return self.warm_seconds
@@ -226,5 +246,14 @@ def engine_for(info: VersionInfo, weights: bytes, settings: Settings, **override
         "cache_dir": settings.path("compile_cache_dir"),
         "version": info.version,
         "bf16_agreement": info.metrics.get("bf16_agreement"),
+        "packages": packages_for(info, settings),
     }
     return Engine.from_weights(weights, info.arch, **(options | overrides))
+
+
+def packages_for(info: VersionInfo, settings: Settings) -> Packages | None:
+    """Where this version's AOT packages live, or None when they are turned off."""
+    cache_dir = settings.path("compile_cache_dir")
+    if not (settings.aot_packages and settings.compile and info.sha256):
+        return None
+    return Packages(cache_dir, info.sha256, info.arch)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from recognizer import network
+from recognizer import artifact, network
+from recognizer.aot import Packages
 from recognizer.engine import Engine, resolve_precision
-from tests.conftest import MnistArrays
+from tests.conftest import MnistArrays, wait_for
+from worker.packages import PackageBuilds
 
 pytestmark = pytest.mark.slow
 
@@ -107,6 +110,28 @@ def test_compile_failure_falls_back_to_eager(model: torch.nn.Module, caplog: pyt
     assert not engine.compiled
     assert "serving the eager model instead" in caplog.text
     assert len(engine.predict(torch.zeros(3, 1, 28, 28))) == 3
+
+
+@pytest.mark.timeout(900)
+def test_a_second_start_loads_the_packages_built_after_the_first(
+    model: torch.nn.Module, compiled: Engine, mnist_test: MnistArrays, tmp_path: Path
+) -> None:
+    # What a worker does after compiling a version: build its packages in a background process.
+    weights = artifact.dump(model)
+    packages = Packages(tmp_path, hashlib.sha256(weights).hexdigest(), dict(network.DEFAULT_ARCH))
+    builds = PackageBuilds()
+    builds.start(packages, weights, "v1", (4,), "float32")
+    wait_for(lambda: not str(builds.status).startswith("building"), 800, "the package build", interval=0.5)
+    assert str(builds.status).startswith("built v1"), builds.status
+    # The next start loads them instead of compiling, and predicts what the compiled engine does.
+    engine = Engine(model, precision="fp32", buckets=(4,), cache_dir=tmp_path, temperature=1.5, packages=packages)
+    assert engine.source == "aot" and engine.compiled and "AOT" in engine.describe()
+    engine.warm()
+    x = digits(mnist_test, 11)  # 4 + 4 + 3 (padded to 4)
+    assert torch.allclose(engine.logits(x), compiled.logits(x), atol=1e-3, rtol=1e-3)
+    assert [p.label for p in engine.predict(x)] == [p.label for p in compiled.predict(x)]
+    # A bucket without a package: the engine compiles (every bucket, as before packages).
+    assert Engine(model, precision="fp32", buckets=(2, 4), compile=True, packages=packages).source == "compiled"
 
 
 def test_bf16_compiled_agrees_with_fp32(model: torch.nn.Module, mnist_test: MnistArrays, tmp_path: Path) -> None:

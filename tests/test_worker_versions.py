@@ -111,7 +111,9 @@ def test_classification() -> None:
 
 
 def test_eager_fallback_is_in_the_heartbeat(replica: Replica) -> None:
-    assert heartbeat(replica)["compile_fallback"] is None
+    beat = heartbeat(replica)
+    assert beat["compile_fallback"] is None
+    assert beat["engine_source"] == "eager" and beat["packages"] is None  # nothing compiled, nothing to package
     engine = Engine(network.build(), compile=False, buckets=(1,), precision="fp32", version="v1")
 
     def broken(x: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 from config.settings import Settings
-from recognizer.engine import Engine, engine_for
+from recognizer.engine import Engine, engine_for, packages_for
 from recognizer.preprocessing import Preprocessor, auto_workers
 from storage import workers
 from storage.connection import connect
@@ -37,6 +37,7 @@ from worker.batcher import Batcher
 from worker.batchrun import run_batch
 from worker.fieldwork import ReadSpecs, field_key, field_result
 from worker.metrics import WorkerMetrics
+from worker.packages import PackageBuilds
 from worker.results import Served, log_message, result_body
 from worker.versions import Refusals, check_preprocess, watch_announcements
 
@@ -57,6 +58,7 @@ class Replica:
         self.jobs = Jobs(self.redis, self.keys, settings.result_ttl_s)
         self.registry = Registry(self.redis, self.keys)
         self.hostname = socket.gethostname()
+        self.package_builds = PackageBuilds()  # AOT packages for the next start (worker/packages.py)
         self.engine = self._build(None)
         self.warm_s = self.engine.warm_seconds
         max_batch = min(settings.max_batch, self.engine.max_batch)
@@ -90,6 +92,10 @@ class Replica:
         engine.warm()
         log.info("model %s ready: %s (warmed in %.1fs)", info.version, engine.describe(), engine.warm_seconds)
         self._built = (info.version, info.sha256)
+        packages = packages_for(info, self.settings)
+        if packages is not None and engine.source == "compiled" and engine.device.type == "cpu":
+            dtype = str(engine.dtype).removeprefix("torch.")
+            self.package_builds.start(packages, weights, info.version, engine.buckets, dtype)
         return engine
 
     def _preprocessor(self) -> Preprocessor:
@@ -248,6 +254,8 @@ class Replica:
             items_served=self.items_served,
             refused=dict(self.refused),
             compile_fallback=self.engine.compile_error,
+            engine_source=self.engine.source,
+            packages=self.package_builds.status,
             preprocess_workers=self.prep.workers,
             swept_at=self.sweep_health.get("swept_at"),
             sweep_error=self.sweep_health.get("sweep_error"),
@@ -265,6 +273,7 @@ class Replica:
 
     def close(self) -> None:
         self._stop.set()
+        self.package_builds.stop()
         self.batcher.stop()
         self.prep.close()
         for thread in self._threads:

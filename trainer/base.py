@@ -22,7 +22,7 @@ import torch
 
 from config.errors import ModelError
 from config.settings import Settings
-from recognizer import artifact, network, scan
+from recognizer import artifact, network, quantize, scan
 from recognizer.engine import bf16_capable, engine_for
 from storage.lock import Lease
 from storage.registry import Registry, VersionInfo, VersionStatus
@@ -39,6 +39,11 @@ def bf16_agreement(model: torch.nn.Module, images: torch.Tensor) -> float:
     fp32 = digits_of(predict_logits(model, images))
     bf16 = digits_of(predict_logits(copy.deepcopy(model).to(torch.bfloat16), images))
     return float((fp32 == bf16).float().mean())
+
+
+def int8_agreement(model: torch.nn.Module, calibration: torch.Tensor, images: torch.Tensor) -> float:
+    """Share of prepared images on which the int8 model calibrated on ``calibration`` predicts what fp32 predicts."""
+    return quantize.int8_agreement(model, normalize(calibration), normalize(images))
 
 
 def train_base(
@@ -116,10 +121,12 @@ def _train_base(
         "test_n": len(test),
         "bf16_agreement": bf16_agreement(model, val.images),
     }
+    calibration = quantize.calibration_sample(train.images)
+    metrics["int8_agreement"] = int8_agreement(model, calibration, val.images)
     assert lease is not None  # rank 0 holds the lock
     promoted, reason, current = gate(settings, registry, test, test_accuracy, make_current)
     info = registry.publish(
-        artifact.dump(model),
+        artifact.dump(model, calibration),
         VersionInfo(
             arch=arch,
             preprocess_version=scan.PREPROCESS_VERSION,
@@ -159,6 +166,7 @@ def _train_base(
         "test_accuracy": test_accuracy,
         "val_accuracy": result.val_accuracy,
         "bf16_agreement": metrics["bf16_agreement"],
+        "int8_agreement": metrics["int8_agreement"],
         "temperature": temperature,
         "train_seconds": result.seconds,
         "field_stage": stage,

@@ -25,12 +25,12 @@ import torch
 
 from config.errors import LockLostError, RegistryConflictError
 from config.settings import Settings
-from recognizer import artifact, network, scan
+from recognizer import artifact, network, quantize, scan
 from recognizer.engine import Engine, bf16_capable
 from storage.labels import Labels, held_out
 from storage.lock import Lease, LockHeldError
 from storage.registry import Registry, VersionInfo, VersionStatus
-from trainer.base import bf16_agreement
+from trainer.base import bf16_agreement, int8_agreement
 from trainer.data import Split, load_split, split_validation
 from trainer.distributed import World, setup, teardown
 from trainer.labelled import labelled_split
@@ -194,18 +194,20 @@ def _retrain(
                 f" -> {after['base_heldout_accuracy']:.4f}"
             ),
         )
+    calibration = quantize.calibration_sample(mixed.images)  # what the new model was tuned on
     digest = hashlib.sha256("".join(s.digest for s in train_samples).encode()).hexdigest()[:16]
     metrics = {
         "mix": mix,
         "val_accuracy": after["base_heldout_accuracy"],
         "bf16_agreement": bf16_agreement(model, base_heldout.images),
+        "int8_agreement": int8_agreement(model, calibration, base_heldout.images),
         **{f"{k}_before": v for k, v in before.items()},
         **{f"{k}_after": v for k, v in after.items()},
         "heldout_n": len(heldout),
         "base_heldout_n": len(base_heldout),
     }
     info = registry.publish(
-        artifact.dump(model),
+        artifact.dump(model, calibration),
         VersionInfo(
             arch=parent.arch,
             preprocess_version=scan.PREPROCESS_VERSION,

@@ -41,11 +41,6 @@ def bf16_agreement(model: torch.nn.Module, images: torch.Tensor) -> float:
     return float((fp32 == bf16).float().mean())
 
 
-def int8_agreement(model: torch.nn.Module, calibration: torch.Tensor, images: torch.Tensor) -> float:
-    """Share of prepared images on which the int8 model calibrated on ``calibration`` predicts what fp32 predicts."""
-    return quantize.int8_agreement(model, normalize(calibration), normalize(images))
-
-
 def train_base(
     settings: Settings,
     registry: Registry,
@@ -121,8 +116,9 @@ def _train_base(
         "test_n": len(test),
         "bf16_agreement": bf16_agreement(model, val.images),
     }
+    # int8_agreement is not measured yet (a train run timed out with it; see BENCHMARKS.md, int8),
+    # so "auto" never takes int8; the images let INKQ_PRECISION=int8 serve this version.
     calibration = quantize.calibration_sample(train.images)
-    metrics["int8_agreement"] = int8_agreement(model, calibration, val.images)
     assert lease is not None  # rank 0 holds the lock
     promoted, reason, current = gate(settings, registry, test, test_accuracy, make_current)
     info = registry.publish(
@@ -166,7 +162,6 @@ def _train_base(
         "test_accuracy": test_accuracy,
         "val_accuracy": result.val_accuracy,
         "bf16_agreement": metrics["bf16_agreement"],
-        "int8_agreement": metrics["int8_agreement"],
         "temperature": temperature,
         "train_seconds": result.seconds,
         "field_stage": stage,

@@ -30,7 +30,7 @@ from recognizer.engine import Engine, bf16_capable
 from storage.labels import Labels, held_out
 from storage.lock import Lease, LockHeldError
 from storage.registry import Registry, VersionInfo, VersionStatus
-from trainer.base import bf16_agreement, int8_agreement
+from trainer.base import bf16_agreement
 from trainer.data import Split, load_split, split_validation
 from trainer.distributed import World, setup, teardown
 from trainer.labelled import labelled_split
@@ -200,7 +200,6 @@ def _retrain(
         "mix": mix,
         "val_accuracy": after["base_heldout_accuracy"],
         "bf16_agreement": bf16_agreement(model, base_heldout.images),
-        "int8_agreement": int8_agreement(model, calibration, base_heldout.images),
         **{f"{k}_before": v for k, v in before.items()},
         **{f"{k}_after": v for k, v in after.items()},
         "heldout_n": len(heldout),

@@ -53,6 +53,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
     show_envvar=True,
     help="Files for the end-to-end run (default 10,000; 200 with --quick).",
 )
+@click.option(
+    "--model-batches",
+    envvar="INKQ_BENCH_MODEL_BATCHES",
+    show_envvar=True,
+    help="Batch sizes of the model part, comma separated (default 1,8,32,64,128,256; 1,8 with --quick).",
+)
 @click.option("--data-root", envvar="INKQ_DATA_ROOT", show_envvar=True, type=click.Path(file_okay=False))
 @click.option(
     "--untrained",
@@ -69,7 +75,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
     help="Folder for latest.json and the plots.",
 )
 def main(
-    quick: bool, parts: tuple[str, ...], images: int | None, data_root: str | None, untrained: bool, out: Path
+    quick: bool,
+    parts: tuple[str, ...],
+    images: int | None,
+    model_batches: str | None,
+    data_root: str | None,
+    untrained: bool,
+    out: Path,
 ) -> None:
     """Benchmark inkq side by side with its baselines; every goal is a ratio from this one run."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
@@ -85,7 +97,13 @@ def main(
             info,
             weights,
             root,
-            buckets=(1, 8) if quick else (1, 8, 32, 64, 128, 256),
+            buckets=(
+                tuple(int(b) for b in model_batches.split(","))
+                if model_batches
+                else (1, 8)
+                if quick
+                else (1, 8, 32, 64, 128, 256)
+            ),
             rounds=1 if quick else 3,
             min_seconds=0.2 if quick else 1.5,
             agreement_n=256 if quick else None,
@@ -226,6 +244,8 @@ def goals(result: dict[str, Any]) -> list[str]:
         for size in [s for s in model[best] if int(s) >= 64]:
             ratio = model[best][size] / model["eager_fp32"][size]
             lines.append(f"goal {best} >= 2x eager fp32 at batch {size}: {ratio:.2f}x")
+    if "compiled_int8" in model and best in model:
+        lines += int8_goals(result, best)
     if "e2e" in result and best in model:
         batch = str(max(int(s) for s in model[best] if int(s) <= 128))
         share = result["e2e"]["images_per_second"] / model[best][batch]
@@ -250,6 +270,19 @@ def goals(result: dict[str, Any]) -> list[str]:
         ws = result["worker_start_s"]
         lines.append(f"goal worker start warm <= 5 s, cold <= 30 s: warm {ws['warm']:.1f} s, cold {ws['cold']:.1f} s")
     return lines
+
+
+def int8_goals(result: dict[str, Any], best: str) -> list[str]:
+    """Issue 12's bar for shipping int8: twice today's engine at batch 128, predictions agreeing
+    with eager fp32 on >= 99.9% of the test set, accuracy at most 0.05 point lower."""
+    model, accuracy = result["model_only"], result["test_accuracy"]
+    batch = str(max(int(s) for s in model[best] if int(s) <= 128))
+    drop = 100 * (accuracy["eager_fp32"] - accuracy["compiled_int8"])
+    return [
+        f"goal compiled int8 >= 2x {best} at batch {batch}: {model['compiled_int8'][batch] / model[best][batch]:.2f}x",
+        f"goal int8 agreement with eager fp32 >= 99.9%: {result['agreement_with_eager_fp32']['compiled_int8']:.2%}",
+        f"goal int8 test accuracy drop <= 0.05 point: {drop:.2f} point",
+    ]
 
 
 if __name__ == "__main__":

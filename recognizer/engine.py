@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from config.settings import Settings
-from recognizer import artifact, network
+from recognizer import artifact, network, quantize, scan
 from recognizer.aot import Packages
 from storage.registry import VersionInfo
 
@@ -106,6 +106,8 @@ class Engine:
         bf16_agreement: float | None = None,
         cuda_graphs: bool = True,
         packages: Packages | None = None,
+        calibration: torch.Tensor | None = None,
+        int8_agreement: float | None = None,
     ) -> None:
         # cuda_graphs: a compiled engine on CUDA replays each bucket as a CUDA graph (inductor's
         # "reduce-overhead"): at small batches launch overhead, not arithmetic, is the cost.
@@ -114,11 +116,17 @@ class Engine:
         # compiling when every bucket has a good one (CPU only: CUDA keeps its graphs).
         self.version = version
         self.device = resolve_device(device)
-        self.dtype = resolve_precision(precision, self.device, bf16_agreement)
+        # int8 (recognizer/quantize.py) is calibrated on the version's prepared [0, 1] images;
+        # where it is not taken, "int8" falls back to what "auto" would choose.
+        calibrated = calibration is not None
+        self.int8 = quantize.use_int8(precision, self.device, calibrated=calibrated, agreement=int8_agreement)
+        self.dtype = torch.float32 if self.int8 else resolve_precision(precision, self.device, bf16_agreement)
         self.buckets = tuple(sorted(set(int(b) for b in buckets)))
         self.temperature = float(temperature)
         # The engine owns its copy: casting or compiling must never touch the caller's module.
         model = copy.deepcopy(model).eval().to(self.device)
+        if self.int8 and calibration is not None:
+            model = quantize.quantize(model, (calibration - scan.MNIST_MEAN) / scan.MNIST_STD)
         if self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         self.model = model.to(self.dtype) if self.device.type == "cpu" else model
@@ -132,7 +140,8 @@ class Engine:
         if compile:
             configure_compiler(cache_dir)
             aot = None
-            if packages is not None and self.device.type == "cpu":
+            # Packages hold the unquantised graph: an int8 engine always compiles its own.
+            if packages is not None and self.device.type == "cpu" and not self.int8:
                 aot = packages.load(self.model, self.buckets, self.dtype, self.device)
             if aot is not None:
                 self._forward, self.compiled, self.source = aot, True, "aot"
@@ -147,7 +156,12 @@ class Engine:
     @classmethod
     def from_weights(cls, weights: bytes, arch: dict[str, Any], **kwargs: Any) -> Engine:
         model = artifact.load_into(network.build(arch), weights)
+        kwargs.setdefault("calibration", artifact.calibration(weights))
         return cls(model, **kwargs)
+
+    @property
+    def precision(self) -> str:
+        return "int8" if self.int8 else str(self.dtype).removeprefix("torch.")
 
     @property
     def max_batch(self) -> int:
@@ -156,7 +170,7 @@ class Engine:
     def describe(self) -> str:
         kind = ("compiled + CUDA graphs" if self.cuda_graphs else "compiled") if self.compiled else "eager"
         kind = "AOT-compiled (packages)" if self.source == "aot" else kind
-        return f"{kind} {str(self.dtype).removeprefix('torch.')} on {self.device}, buckets {list(self.buckets)}"
+        return f"{kind} {self.precision} on {self.device}, buckets {list(self.buckets)}"
 
     def warm(self) -> float:
         """Run every bucket once so no request pays for a compile; returns seconds taken.
@@ -247,6 +261,7 @@ def engine_for(info: VersionInfo, weights: bytes, settings: Settings, **override
         "version": info.version,
         "bf16_agreement": info.metrics.get("bf16_agreement"),
         "packages": packages_for(info, settings),
+        "int8_agreement": info.metrics.get("int8_agreement"),
     }
     return Engine.from_weights(weights, info.arch, **(options | overrides))
 

@@ -37,10 +37,15 @@ def test_toml_file_then_environment(tmp_path: Path) -> None:
     assert (s.epochs, s.precision, s.buckets) == (7, "fp32", (2, 4))
 
 
+def test_every_precision_choice_is_accepted() -> None:
+    for precision in ("auto", "fp32", "bf16", "int8"):
+        assert load_settings({"INKQ_PRECISION": precision}).precision == precision
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"INKQ_PRECISION": "fp8"}, "INKQ_PRECISION='fp8' is invalid: expected one of auto, fp32, bf16"),
+        ({"INKQ_PRECISION": "fp8"}, "INKQ_PRECISION='fp8' is invalid: expected one of auto, fp32, bf16, int8"),
         ({"INKQ_EPOCHS": "many"}, "INKQ_EPOCHS='many' is invalid: expected an integer"),
         ({"INKQ_EPOCHS": "0"}, "INKQ_EPOCHS='0' is invalid: expected a value >= 1"),
         ({"INKQ_COMPILE": "maybe"}, "INKQ_COMPILE='maybe' is invalid: expected one of true, false"),

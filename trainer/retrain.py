@@ -25,7 +25,7 @@ import torch
 
 from config.errors import LockLostError, RegistryConflictError
 from config.settings import Settings
-from recognizer import artifact, network, scan
+from recognizer import artifact, network, quantize, scan
 from recognizer.engine import Engine, bf16_capable
 from storage.labels import Labels, held_out
 from storage.lock import Lease, LockHeldError
@@ -194,6 +194,7 @@ def _retrain(
                 f" -> {after['base_heldout_accuracy']:.4f}"
             ),
         )
+    calibration = quantize.calibration_sample(mixed.images)  # what the new model was tuned on
     digest = hashlib.sha256("".join(s.digest for s in train_samples).encode()).hexdigest()[:16]
     metrics = {
         "mix": mix,
@@ -205,7 +206,7 @@ def _retrain(
         "base_heldout_n": len(base_heldout),
     }
     info = registry.publish(
-        artifact.dump(model),
+        artifact.dump(model, calibration),
         VersionInfo(
             arch=parent.arch,
             preprocess_version=scan.PREPROCESS_VERSION,

@@ -93,7 +93,7 @@ class Replica:
         log.info("model %s ready: %s (warmed in %.1fs)", info.version, engine.describe(), engine.warm_seconds)
         self._built = (info.version, info.sha256)
         packages = packages_for(info, self.settings)
-        if packages is not None and engine.source == "compiled" and engine.device.type == "cpu":
+        if packages is not None and engine.source == "compiled" and engine.device.type == "cpu" and not engine.int8:
             dtype = str(engine.dtype).removeprefix("torch.")
             self.package_builds.start(packages, weights, info.version, engine.buckets, dtype)
         return engine

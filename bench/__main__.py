@@ -57,7 +57,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
     "--model-batches",
     envvar="INKQ_BENCH_MODEL_BATCHES",
     show_envvar=True,
-    help="Batch sizes of the model part, comma separated (default 1,8,32,64,128,256; 1,8 with --quick).",
+    help="Batch sizes of the model part, comma separated (default 1,8,32,64,128,256; 8 with --quick, one "
+    "compile per engine).",
 )
 @click.option("--data-root", envvar="INKQ_DATA_ROOT", show_envvar=True, type=click.Path(file_okay=False))
 @click.option(
@@ -100,7 +101,7 @@ def main(
             buckets=(
                 tuple(int(b) for b in model_batches.split(","))
                 if model_batches
-                else (1, 8)
+                else (8,)
                 if quick
                 else (1, 8, 32, 64, 128, 256)
             ),

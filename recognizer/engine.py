@@ -13,7 +13,6 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,8 @@ from torch import nn
 from config.settings import Settings
 from recognizer import artifact, network, quantize, scan
 from recognizer.aot import Packages
+from recognizer.prediction import Prediction
+from recognizer.sequence import SequenceReader, sequence_reader
 from storage.registry import VersionInfo
 
 log = logging.getLogger(__name__)
@@ -34,19 +35,6 @@ BF16_MIN_AGREEMENT = 0.9995
 
 
 DIGITS = 10  # classes 0-9; a field model has an 11th, "not one character" (see ``Prediction.reject``)
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """The best digit, its probability and the top three, as probabilities among digits alone;
-    ``reject`` is the model's probability that the input is no single character (a fragment or
-    two touching digits), 0.0 for a ten-class model. The field reader weighs candidates with it;
-    a single image is read as its best digit either way."""
-
-    label: int
-    confidence: float
-    top3: list[tuple[int, float]]
-    reject: float = 0.0
 
 
 def resolve_device(device: str) -> torch.device:
@@ -108,6 +96,7 @@ class Engine:
         packages: Packages | None = None,
         calibration: torch.Tensor | None = None,
         int8_agreement: float | None = None,
+        sequence: SequenceReader | None = None,
     ) -> None:
         # cuda_graphs: a compiled engine on CUDA replays each bucket as a CUDA graph (inductor's
         # "reduce-overhead"): at small batches launch overhead, not arithmetic, is the cost.
@@ -116,6 +105,8 @@ class Engine:
         # compiling when every bucket has a good one (CPU only: CUDA keeps its graphs).
         self.version = version
         self.device = resolve_device(device)
+        # The version's line reader for free fields (recognizer/sequence.py), when it has one.
+        self.sequence = sequence.to(self.device) if sequence is not None else None
         # int8 (recognizer/quantize.py) is calibrated on the version's prepared [0, 1] images;
         # where it is not taken, "int8" falls back to what "auto" would choose.
         calibrated = calibration is not None
@@ -157,6 +148,7 @@ class Engine:
     def from_weights(cls, weights: bytes, arch: dict[str, Any], **kwargs: Any) -> Engine:
         model = artifact.load_into(network.build(arch), weights)
         kwargs.setdefault("calibration", artifact.calibration(weights))
+        kwargs.setdefault("sequence", sequence_reader(artifact.sequence_state(weights)))
         return cls(model, **kwargs)
 
     @property
@@ -170,7 +162,8 @@ class Engine:
     def describe(self) -> str:
         kind = ("compiled + CUDA graphs" if self.cuda_graphs else "compiled") if self.compiled else "eager"
         kind = "AOT-compiled (packages)" if self.source == "aot" else kind
-        return f"{kind} {self.precision} on {self.device}, buckets {list(self.buckets)}"
+        lines = ", free fields by sequence network" if self.sequence is not None else ""
+        return f"{kind} {self.precision} on {self.device}, buckets {list(self.buckets)}{lines}"
 
     def warm(self) -> float:
         """Run every bucket once so no request pays for a compile; returns seconds taken.

@@ -25,9 +25,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from config.errors import BlankImageError, ImageDecodeError, ImageError, ImageTooLargeError
-from recognizer.engine import Prediction
 from recognizer.frames import Frame, find_frame
 from recognizer.ink import FAINT, Ink, deskew, find_rules, ink_maps, remove_rules
+from recognizer.prediction import Prediction
 from recognizer.segment import (
     Piece,
     SegmentParams,
@@ -91,6 +91,7 @@ class FieldReading:
     chars: list[CharReading]
     confidence: float  # the product of the characters' confidences
     layout: str  # free, box or comb: what printed rules the reader found
+    method: str = "segment"  # segment (cut into characters) or sequence (read as one line)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -29,9 +29,9 @@ import torch
 import torchvision
 from torch import nn
 
-from config.errors import ImageDecodeError, ImageError
+from config.errors import ArtifactCorruptError, ImageDecodeError, ImageError
 from recognizer import scan
-from recognizer.fields import Box, CharReading, FieldReading, handwriting, ink_box
+from recognizer.fields import Box, CharReading, FieldReading, Predictor, ReaderParams, handwriting, ink_box, read_fields
 from recognizer.ink import FAINT
 from recognizer.segment import text_height
 
@@ -48,6 +48,8 @@ __all__ = [
     "decode",
     "frames",
     "line_input",
+    "read_by_layout",
+    "sequence_reader",
 ]
 
 HEIGHT = 24  # the line's height in pixels: the network's input is (1, HEIGHT, W)
@@ -177,17 +179,22 @@ def decode(log_probs: torch.Tensor, line: LineInput) -> FieldReading:
         top3 = [(int(a), float(b)) for a, b in zip(labels.tolist(), conf.tolist(), strict=True)]
         chars.append(CharReading(k, float(probs[peak, k]), top3, _char_box(line, bounds[i], bounds[i + 1])))
     confidence = math.prod(c.confidence for c in chars) if chars else 0.0
-    return FieldReading("".join(str(c.label) for c in chars), chars, confidence, line.layout)
+    return FieldReading("".join(str(c.label) for c in chars), chars, confidence, line.layout, "sequence")
 
 
 class SequenceReader:
     """A sequence network serving field crops: lines of similar width share a batch, padded to a
-    multiple of ``pad_to`` columns so few distinct shapes are ever run."""
+    multiple of ``pad_to`` columns so few distinct shapes are ever run. Eager fp32: lines vary in
+    width, and one compile per width would cost more than it saves."""
 
     def __init__(self, model: nn.Module, *, batch: int = 32, pad_to: int = 32) -> None:
         self.model = model.eval()
         self.batch = batch
         self.pad_to = pad_to
+        self.device = next(model.parameters()).device
+
+    def to(self, device: torch.device) -> SequenceReader:
+        return SequenceReader(self.model.to(device), batch=self.batch, pad_to=self.pad_to)
 
     @torch.no_grad()
     def log_probs(self, lines: list[LineInput]) -> list[torch.Tensor]:
@@ -199,7 +206,7 @@ class SequenceReader:
             x = np.full((len(idx), 1, HEIGHT, width), PAPER, np.float32)
             for row, i in enumerate(idx):
                 x[row, :, :, : lines[i].width] = lines[i].x
-            logits = self.model(torch.from_numpy(x)).float().log_softmax(-1)
+            logits = self.model(torch.from_numpy(x).to(self.device)).float().log_softmax(-1).cpu()
             for row, i in enumerate(idx):
                 out[i] = logits[row]
         return out
@@ -217,3 +224,44 @@ class SequenceReader:
         good = [line for line in lines if isinstance(line, LineInput)]
         scores = iter(self.log_probs(good))
         return [line if isinstance(line, ImageError) else decode(next(scores), line) for line in lines]
+
+
+def sequence_reader(state: dict[str, torch.Tensor] | None) -> SequenceReader | None:
+    """A reader for a version's stored sequence weights (``artifact.sequence_state``); None for none."""
+    if state is None:
+        return None
+    model = build()
+    try:
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:
+        raise ArtifactCorruptError(f"sequence network weights do not load: {exc}") from exc
+    return SequenceReader(model)
+
+
+def read_by_layout(
+    images: Sequence[np.ndarray], engine: Predictor, reader: SequenceReader | None, params: ReaderParams | None = None
+) -> list[FieldReading | ImageError]:
+    """Each crop's reading: free handwriting by the sequence network when there is one (it reads
+    touching and overlapping digits that no cut separates), fields in comb cells or boxes by
+    segmentation, whose printed cells already fix where each character is."""
+    if reader is None:
+        return read_fields(images, engine, params)
+    out: list[FieldReading | ImageError | None] = [None] * len(images)
+    lines: dict[int, LineInput] = {}
+    for i, image in enumerate(images):
+        try:
+            line = line_input(image, (params or ReaderParams()).max_pixels)
+        except ImageError as exc:
+            out[i] = exc
+            continue
+        except Exception as exc:  # a crop no one foresaw fails alone, with its cause named
+            out[i] = ImageDecodeError(f"field could not be prepared ({type(exc).__name__}: {exc})"[:300])
+            continue
+        if line.layout == "free":
+            lines[i] = line
+    for i, scores in zip(lines, reader.log_probs(list(lines.values())), strict=True):
+        out[i] = decode(scores, lines[i])
+    cells = [i for i, found in enumerate(out) if found is None]
+    for i, found in zip(cells, read_fields([images[i] for i in cells], engine, params), strict=True):
+        out[i] = found
+    return [found for found in out if found is not None]

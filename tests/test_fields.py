@@ -14,10 +14,10 @@ import pytest
 from bench.synth import DigitPool, FieldStyle, load_mnist, render_field
 from config.errors import BlankImageError, ImageDecodeError, ImageError, ImageTooLargeError
 from recognizer import scan
-from recognizer.engine import Prediction
 from recognizer.fields import FieldReading, ReaderParams, read_fields
 from recognizer.frames import find_frame
 from recognizer.ink import Band, deskew, find_rules, ink_maps, remove_rules
+from recognizer.prediction import Prediction
 from recognizer.segment import SegmentParams, components, free_pieces, runs, slant, text_height
 
 

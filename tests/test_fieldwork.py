@@ -13,6 +13,7 @@ from PIL import Image
 from bench.synth import STYLES, DigitPool, load_mnist, render_field
 from recognizer.fields import CharReading, FieldReading
 from recognizer.rules import FieldRule
+from recognizer.sequence import SequenceReader, build
 from tests.test_fields import NearestDigits
 from worker.fieldwork import ReadSpecs, field_result, read_batch
 from worker.metrics import WorkerMetrics
@@ -21,6 +22,7 @@ from worker.results import Served
 
 class Knn(NearestDigits):
     version = "knn"
+    sequence: SequenceReader | None = None  # segmentation only, unless a test gives it a line reader
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +50,23 @@ def test_a_batch_of_fields_is_read_and_a_bad_image_fails_alone(pool: DigitPool) 
     assert metrics.images_failed.labels(reason="decode")._value.get() == 2
     characters = sum(len(s.field.chars) for s in out if s.field is not None)
     assert metrics.fields_read._value.get() == 3 and metrics.field_characters._value.get() == characters
+    assert {s.field.method for s in out if s.field is not None} == {"segment"}  # type: ignore[union-attr]
+
+
+def test_with_a_line_reader_free_fields_go_to_it_and_comb_fields_stay_segmented(pool: DigitPool) -> None:
+    engine = Knn(pool.images[:3000], pool.labels[:3000])
+    engine.sequence = SequenceReader(build())  # untrained: which reader ran is the point, not what it read
+    free = [render_field(pool, (6, i), STYLES["free"]) for i in range(3)]
+    comb = [render_field(pool, (7, i), STYLES["comb"]) for i in range(2)]
+    blobs = [png(free[0].image), png(comb[0].image), b"GIF89a broken", png(free[1].image), png(comb[1].image)]
+    blobs.append(png(free[2].image))
+    out = read_batch(engine, blobs, max_bytes=1 << 20, max_pixels=1 << 22, metrics=WorkerMetrics(), fetch_ms=0.5)  # type: ignore[arg-type]
+    methods = [(s.field.layout, s.field.method) if s.field is not None else s.error for s in out]
+    assert methods[0] == methods[3] == methods[5] == ("free", "sequence")
+    assert methods[1] == methods[4] == ("comb", "segment") and engine.calls == 1  # one call, for the comb cells
+    assert out[2].field is None and out[2].error
+    body = field_result({}, out[0], None, threshold=0.5)
+    assert body["method"] == "sequence" and body["layout"] == "free"
 
 
 def reading(*chars: tuple[int, float, list[tuple[int, float]]]) -> Served:
@@ -63,7 +82,7 @@ def test_the_result_holds_the_whole_reading_and_reviews_an_uncertain_character()
     assert body["confidence"] == pytest.approx(0.99 * 0.6)
     assert body["chars"][1] == {"label": 2, "confidence": 0.6, "top3": [[2, 0.6], [7, 0.4]], "box": [10, 0, 18, 12]}
     assert body["review"] and body["review_reasons"] == ["character 2 uncertain (0.60)"]
-    assert body["rule"] is None and body["layout"] == "comb"
+    assert body["rule"] is None and body["layout"] == "comb" and body["method"] == "segment"
 
 
 def test_a_rule_changes_a_character_and_says_so() -> None:

@@ -19,7 +19,7 @@ from config.settings import Settings
 from producer.client import Client
 from producer.files import find_images, read_capped
 from recognizer import scan
-from recognizer.engine import Prediction
+from recognizer.prediction import Prediction
 from recognizer.preprocessing import Preprocessor
 from storage.connection import connect
 from storage.jobs import ItemResult, Jobs

@@ -201,13 +201,19 @@ def test_ctrl_c_during_submit_names_the_job_to_resume(
     write_digits(tmp_path / "scans", mnist_test[0][:6], mnist_test[1][:6])
     client = Client(Settings(redis_url=redis_url))
     full = env | {"INKQ_CHUNK_SIZE": "1", "INKQ_QUEUE_MAX_MESSAGES": "2"}  # no worker: it waits for room
+    # A submit that does not exit is aborted so that faulthandler prints where it was stuck.
+    full |= {"PYTHONFAULTHANDLER": "1"}
     submitter = subprocess.Popen(
         [str(BIN / "producer"), "submit", str(tmp_path / "scans")], env=full, stderr=subprocess.PIPE, text=True
     )
     try:
         wait_for(lambda: queue.depth(client.redis, client.settings) == 2, 30, "two queued messages")
         submitter.send_signal(signal.SIGINT)
-        _, err = submitter.communicate(timeout=30)
+        try:
+            _, err = submitter.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            submitter.send_signal(signal.SIGABRT)
+            pytest.fail(f"producer submit did not exit within 30 s of Ctrl-C:\n{submitter.communicate(timeout=10)[1]}")
     finally:
         submitter.kill()
     job = re.findall(r"job (\w+): submitting 6 items", err)[0]

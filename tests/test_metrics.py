@@ -21,7 +21,7 @@ from config import ConfigError, Settings
 from config.errors import BlankImageError, ImageTooLargeError
 from producer.local import free_port
 from recognizer import scan
-from recognizer.engine import Prediction
+from recognizer.prediction import Prediction
 from recognizer.preprocessing import Preprocessor
 from storage import workers
 from storage.connection import connect

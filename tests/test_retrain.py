@@ -74,7 +74,8 @@ def test_retrain_promotes_rejects_and_rolls_back(
     # Training that wrecks the model: the candidate is kept as rejected, the current model stays.
     more = label_folder(tmp_path / "more", images[300:420], labels[300:420])
     assert producer(env, "label", str(more)).returncode == 0
-    bad = json.loads(trainer(env | {"INKQ_RETRAIN_LEARNING_RATE": "40"}, "retrain", "--json").stdout.splitlines()[-1])
+    wreck = env | {"INKQ_RETRAIN_LEARNING_RATE": "40", "INKQ_RETRAIN_EPOCHS": "1"}  # one epoch is enough to wreck it
+    bad = json.loads(trainer(wreck, "retrain", "--json").stdout.splitlines()[-1])
     assert not bad["promoted"] and bad["version"] == "v3"
     assert "not better" in bad["reason"] or "worse on the base" in bad["reason"]
     listed = versions(env)
@@ -141,7 +142,7 @@ def test_redis_lock_is_exclusive(redis_url: str) -> None:
 def test_watch_schedule(redis_url: str) -> None:
     from config import Settings
     from storage.labels import Labels
-    from trainer.retrain import due
+    from trainer.watch import due
 
     settings = Settings(watch_min_labels=3, watch_interval_s=60)
     labels = Labels(connect(redis_url), Keys())

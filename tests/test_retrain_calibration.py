@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recognizer import artifact
+from recognizer import artifact, scan
 from trainer.data import Split, load_split
-from trainer.retrain import MIX_GRID, ship
+from trainer.retrain import MIX_GRID, interpolate_towards_parent, ship
 from trainer.training import fit_temperature, normalize, predict_logits
 
 
@@ -52,3 +53,31 @@ def test_shipped_temperature_is_fitted_on_shipped_weights(mnist_root: Path) -> N
     assert temperature == fit_temperature(logits, val.labels)
     assert abs(temperature - before_mix) > 0.05
     assert F.cross_entropy(logits / temperature, val.labels) < F.cross_entropy(logits / before_mix, val.labels)
+
+
+class Threshold(nn.Module):
+    """Reads image i right while its one weight stays below the threshold written in its first
+    pixel: base accuracy falls steadily as the weight moves from 0 (parent) to 1 (fine-tuned)."""
+
+    def __init__(self, weight: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.tensor(weight))
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        threshold = x[:, 0, 0, 0] * scan.MNIST_STD + scan.MNIST_MEAN  # undo normalize()
+        return torch.stack([threshold - self.weight, torch.zeros_like(threshold)], 1)
+
+
+def test_mixing_weight_is_the_largest_that_keeps_base_accuracy_found_by_bisection() -> None:
+    n = 100
+    images = torch.zeros(n, 1, 28, 28)
+    images[:, 0, 0, 0] = (torch.arange(n) + 0.5) / n  # accuracy at weight w is 1 - w
+    selection = Split(images, torch.zeros(n, dtype=torch.long))
+    for max_drop, expected in ((1.0, 1.0), (0.81, 0.8), (0.7, 0.65), (0.55, 0.5), (0.3, 0.25), (0.1, 0.25)):
+        tuned = Threshold(1.0)
+        chosen = interpolate_towards_parent(tuned, Threshold(0.0), selection, max_drop)
+        assert chosen == expected, max_drop
+        assert float(tuned.weight) == pytest.approx(chosen)  # the model holds the weights chosen
+        assert tuned.calls <= 4  # bisection: at most four scorings of the selection images, not six

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from bench.synth import STYLES, DigitPool, load_mnist, render_field
-from config.errors import BlankImageError, ImageTooLargeError
+from config.errors import ArtifactCorruptError, BlankImageError, ImageTooLargeError
+from recognizer import artifact, network
+from recognizer.engine import Engine
 from recognizer.sequence import BLANK, HEIGHT, STRIDE, SequenceReader, best_path, build, decode, frames, line_input
 from trainer.sequence import Lines, _loss, evaluate, train
 
@@ -90,3 +92,18 @@ def test_a_few_steps_lower_the_ctc_loss(pool: DigitPool) -> None:
     after = _loss(model.train(), lines, everything).item()
     assert after < 0.8 * before, (before, after)
     assert set(evaluate(model, lines)) == {"free"}
+
+
+def test_a_version_carries_its_line_reader_in_its_one_file() -> None:
+    digits, lines = network.build(), build()
+    data = artifact.dump(digits, None, lines)
+    assert artifact.load_into(network.build(), data) is not None  # the digit network ignores it
+    state = artifact.sequence_state(data)
+    assert state is not None and torch.equal(state["fc.weight"], lines.fc.weight)
+    engine = Engine.from_weights(data, network.DEFAULT_ARCH, compile=False, precision="fp32")
+    assert engine.sequence is not None and "free fields by sequence network" in engine.describe()
+    assert artifact.sequence_state(artifact.dump(digits)) is None
+    assert Engine.from_weights(artifact.dump(digits), network.DEFAULT_ARCH, compile=False).sequence is None
+    broken = artifact.dump(digits, None, {"fc.weight": torch.zeros(3, 3)})
+    with pytest.raises(ArtifactCorruptError, match="sequence network weights do not load"):
+        Engine.from_weights(broken, network.DEFAULT_ARCH, compile=False)

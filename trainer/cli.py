@@ -232,7 +232,7 @@ def watch(
     """Run as a service: retrain when enough labels arrived, or periodically when any have. With
     INKQ_METRICS_PORT, serves /metrics (behind INKQ_METRICS_TOKEN) and /healthz there."""
     from config import metrics_http
-    from trainer import retrain as retraining
+    from trainer import watch as watching
     from trainer.metrics import TrainerMetrics
 
     settings = settings.replace(data_root=data_root, watch_min_labels=min_labels, watch_interval_s=interval_s)
@@ -241,7 +241,7 @@ def watch(
     metrics = TrainerMetrics()
     server = metrics_http.serve(settings, metrics.registry, lambda: metrics.health(poll_s))
     try:
-        outcomes = retraining.watch(settings, registry, _labels(registry), once=once, poll_s=poll_s, metrics=metrics)
+        outcomes = watching.watch(settings, registry, _labels(registry), once=once, poll_s=poll_s, metrics=metrics)
     finally:
         if server is not None:
             server.close()

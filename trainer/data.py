@@ -56,22 +56,53 @@ def prepare_all(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def load_split(root: Path, *, train: bool, limit: int | None = None) -> tuple[Split, str]:
-    """A prepared split and the fingerprint of the raw data it came from."""
+@dataclass(frozen=True)
+class RawSplit:
+    """One split's raw uint8 images and labels, prepared only where asked: a retrain needs a
+    third of the training images, and preparing is most of what loading costs."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    fingerprint: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def prepared(self, index: torch.Tensor | None = None) -> Split:
+        """The images at ``index`` (all when None), prepared as serving prepares them."""
+        if index is None:
+            return Split(prepare_all(self.images), torch.from_numpy(self.labels))
+        rows = index.numpy()
+        return Split(prepare_all(self.images[rows]), torch.from_numpy(self.labels[rows]))
+
+
+def load_raw_split(root: Path, *, train: bool, limit: int | None = None) -> RawSplit:
+    """A split as raw arrays with the fingerprint of exactly those bytes."""
     images, labels = load_raw(root, train=train)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     digest = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()[:16]
-    fingerprint = f"mnist-{'train' if train else 'test'}:{len(labels)}:{digest}"
-    return Split(prepare_all(images), torch.from_numpy(labels)), fingerprint
+    return RawSplit(images, labels, f"mnist-{'train' if train else 'test'}:{len(labels)}:{digest}")
+
+
+def load_split(root: Path, *, train: bool, limit: int | None = None) -> tuple[Split, str]:
+    """A prepared split and the fingerprint of the raw data it came from."""
+    raw = load_raw_split(root, train=train, limit=limit)
+    return raw.prepared(), raw.fingerprint
 
 
 def split_validation(data: Split, val_size: int, seed: int) -> tuple[Split, Split]:
     """A seeded train/validation split carved out of the training data."""
-    if not 0 < val_size < len(data):
-        raise DatasetUnavailableError(f"validation size {val_size} must be between 1 and {len(data) - 1}")
-    order = validation_order(len(data), seed)
-    return data.subset(order[val_size:]), data.subset(order[:val_size])
+    train, val = validation_indices(len(data), val_size, seed)
+    return data.subset(train), data.subset(val)
+
+
+def validation_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows ``split_validation`` gives to training and to validation, for data not yet prepared."""
+    if not 0 < val_size < n:
+        raise DatasetUnavailableError(f"validation size {val_size} must be between 1 and {n - 1}")
+    order = validation_order(n, seed)
+    return order[val_size:], order[:val_size]
 
 
 def validation_order(n: int, seed: int) -> torch.Tensor:

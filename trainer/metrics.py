@@ -25,7 +25,7 @@ SILENT_POLLS = 3
 
 
 def outcome_of(summary: dict[str, Any]) -> str:
-    """The outcome class of one entry ``trainer.retrain.watch`` yields."""
+    """The outcome class of one entry ``trainer.watch.watch`` yields."""
     if summary.get("skipped"):
         return "skipped"
     if summary.get("version") is None:
@@ -80,7 +80,7 @@ class TrainerMetrics:
         self._running_since = time.monotonic()
 
     def ran(self, summary: dict[str, Any]) -> None:
-        """One retrain run ended with ``summary`` (a ``trainer.retrain.watch`` outcome)."""
+        """One retrain run ended with ``summary`` (a ``trainer.watch.watch`` outcome)."""
         self._running_since = None
         self.runs.labels(outcome=outcome_of(summary)).inc()
         self.last_run.set(time.time())

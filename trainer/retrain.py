@@ -1,4 +1,4 @@
-"""Fine-tuning on labelled samples, a promotion gate, and the loop that runs it periodically.
+"""Fine-tuning on labelled samples and its promotion gate (`trainer watch` runs it periodically: trainer/watch.py).
 
 A retrain fine-tunes the current model on the labelled samples not yet in a promoted model,
 mixed with a replay sample of MNIST so it does not forget, then scores candidate and current
@@ -17,24 +17,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import threading
 import time
 from typing import Any
 
 import torch
 
-from config.errors import LockLostError, RegistryConflictError
 from config.settings import Settings
 from recognizer import artifact, network, quantize, scan
 from recognizer.engine import Engine, bf16_capable
 from storage.labels import Labels, held_out
-from storage.lock import Lease, LockHeldError
+from storage.lock import Lease
 from storage.registry import Registry, VersionInfo, VersionStatus
 from trainer.base import bf16_agreement
-from trainer.data import Split, load_split, split_validation
+from trainer.data import Split, load_raw_split, validation_indices
 from trainer.distributed import World, setup, teardown
 from trainer.labelled import labelled_split
-from trainer.metrics import TrainerMetrics
 from trainer.training import TrainConfig, digits_of, fit, fit_temperature, predict_logits
 
 log = logging.getLogger(__name__)
@@ -48,23 +45,42 @@ def interpolate_towards_parent(
     model: torch.nn.Module, parent: torch.nn.Module, selection: Split, max_drop: float
 ) -> float:
     """Pull the fine-tuned weights back towards the parent's (weight-space interpolation, as in
-    WiSE-FT) as little as possible: the largest mixing weight whose base accuracy on
-    ``selection`` is within ``max_drop`` of the parent's. Fine-tuning on a new style learns it
+    WiSE-FT) as little as possible: the largest mixing weight in ``MIX_GRID`` whose base accuracy
+    on ``selection`` is within ``max_drop`` of the parent's. Fine-tuning on a new style learns it
     fast but drifts on the base data; halfway back keeps most of the new skill and little of
-    the drift. Returns the weight chosen (1.0: the fine-tuned model as it is)."""
+    the drift. Returns the weight chosen (1.0: the fine-tuned model as it is; the grid's last
+    when none passes).
+
+    Base accuracy falls as the weight moves from the parent towards the drifted model, so the
+    grid is searched by bisection: at most four scorings of ``selection`` where a scan down the
+    grid took six, each a full pass over the images."""
     floor = accuracy(parent, selection) - max_drop
     tuned = {k: v.detach().clone() for k, v in model.state_dict().items()}
     start = {k: v.to(tuned[k].device) for k, v in parent.state_dict().items()}
-    for alpha in MIX_GRID:
+
+    def mix(alpha: float) -> None:
         model.load_state_dict(
             {
                 k: (alpha * v.float() + (1 - alpha) * start[k].float()).to(v.dtype) if v.is_floating_point() else v
                 for k, v in tuned.items()
             }
         )
-        if accuracy(model, selection) >= floor:
-            return alpha
-    return MIX_GRID[-1]
+
+    def passes(alpha: float) -> bool:
+        mix(alpha)
+        return accuracy(model, selection) >= floor
+
+    if passes(MIX_GRID[0]):
+        return MIX_GRID[0]
+    low, high = 1, len(MIX_GRID) - 1  # the answer lies in MIX_GRID[low:high + 1]; the last needs no check
+    while low < high:
+        middle = (low + high) // 2
+        if passes(MIX_GRID[middle]):
+            high = middle
+        else:
+            low = middle + 1
+    mix(MIX_GRID[low])  # the model leaves holding the weights chosen
+    return MIX_GRID[low]
 
 
 def accuracy(model: torch.nn.Module, split: Split) -> float:
@@ -135,14 +151,16 @@ def _retrain(
         "field_samples": new_data.fields + held_data.fields,
         "unaligned_fields": new_data.unaligned + held_data.unaligned,
     }
-    full, base_fingerprint = load_split(settings.path("data_root"), train=True)
-    base_train, base_heldout = split_validation(full, settings.val_size, settings.seed)
+    base = load_raw_split(settings.path("data_root"), train=True)
+    base_fingerprint = base.fingerprint
+    base_train, heldout_rows = validation_indices(len(base), settings.val_size, settings.seed)  # the base model's
+    base_heldout = base.prepared(heldout_rows)
     generator = torch.Generator().manual_seed(settings.seed + seen_upto)
-    order = torch.randperm(len(base_train), generator=generator)
+    order = base_train[torch.randperm(len(base_train), generator=generator)]
     # Base images to choose the mixing weight on: never replayed, and not the gate's set (a).
-    selection = base_train.subset(order[:SELECTION_N])
+    selection = base.prepared(order[:SELECTION_N])
     replay_n = min(len(base_train) - SELECTION_N, max(settings.batch_size, round(settings.replay_ratio * len(new))))
-    replay = base_train.subset(order[SELECTION_N : SELECTION_N + replay_n])
+    replay = base.prepared(order[SELECTION_N : SELECTION_N + replay_n])
     mixed = Split(torch.cat([new.images, replay.images]), torch.cat([new.labels, replay.labels]))
 
     model = artifact.load_into(network.build(parent.arch), parent_weights)
@@ -206,7 +224,7 @@ def _retrain(
         "base_heldout_n": len(base_heldout),
     }
     info = registry.publish(
-        artifact.dump(model, calibration),
+        artifact.dump(model, calibration, artifact.sequence_state(parent_weights)),  # the line reader stays
         VersionInfo(
             arch=parent.arch,
             preprocess_version=scan.PREPROCESS_VERSION,
@@ -248,53 +266,3 @@ def _retrain(
         "pruned": pruned,
         "seconds": time.perf_counter() - start,
     }
-
-
-def due(settings: Settings, labels: Labels, last_run: float | None, now: float) -> tuple[bool, str]:
-    """Whether `trainer watch` should retrain now, and why (or why not)."""
-    waiting = labels.latest_seq() - labels.watermark("tried")
-    if waiting <= 0:
-        return False, "no new labels"
-    if waiting >= settings.watch_min_labels:
-        return True, f"{waiting} new labels (>= {settings.watch_min_labels})"
-    if last_run is None or now - last_run >= settings.watch_interval_s:
-        return True, f"{waiting} new labels and {settings.watch_interval_s}s since the last run"
-    return False, f"{waiting} new labels; waiting for {settings.watch_min_labels} or the interval"
-
-
-def watch(
-    settings: Settings,
-    registry: Registry,
-    labels: Labels,
-    *,
-    once: bool,
-    poll_s: float,
-    stop: threading.Event | None = None,
-    metrics: TrainerMetrics | None = None,
-) -> list[dict[str, Any]]:
-    """Retrain whenever it is due; with ``once``, check one time and return."""
-    stop = stop or threading.Event()
-    metrics = metrics or TrainerMetrics()
-    runs: list[dict[str, Any]] = []
-    last_key = registry.keys.retrain_last
-    while True:
-        raw = registry.redis.get(last_key)
-        go, why = due(settings, labels, float(raw) if raw else None, time.time())
-        if go:
-            log.info("retraining: %s", why)
-            metrics.running()
-            try:
-                outcome = retrain(settings, registry, labels)
-                registry.redis.set(last_key, time.time())
-            except LockHeldError as exc:
-                outcome = {"skipped": True, "reason": str(exc)}
-            except (LockLostError, RegistryConflictError) as exc:  # fenced: nothing published; next run retries
-                log.error("retrain not published: %s", exc)
-                outcome = {"skipped": True, "reason": str(exc)}
-            runs.append(outcome)
-            metrics.ran(outcome)
-        elif once:
-            runs.append({"skipped": True, "reason": why})
-        metrics.checked(labels)
-        if once or stop.wait(poll_s):
-            return runs

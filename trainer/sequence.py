@@ -2,15 +2,19 @@
 
     python -m trainer.sequence --data-root ../shared/data/mnist --fields 12000 --epochs 1.2 --out seq.safetensors
     python -m trainer.sequence ... --init seq.safetensors --lr 5e-4 --warmup 0.02 --epochs 0.5 --out seq2.safetensors
+    python -m trainer.sequence ... --init seq2.safetensors --max-steps 0 --held-out 0 --publish --out seq2.safetensors
 
 Steps: draw fields (free, comb and boxed, 1-12 digits) from the training digits outside the base
 model's validation split; prepare each as the reader will (``line_input``); train with CTC loss,
 lines of similar width batched together; report exact fields on held-out generated lines.
 The fields are rendered once and kept in ``--cache`` (an .npz) so a second run starts at once.
+With ``--publish`` the network is attached to the registry's current version, gated on fields
+from the digits kept out (trainer/seqpublish.py); ``--max-steps 0`` publishes without training.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -25,9 +29,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from bench.synth import STYLES, DigitPool, FieldStyle, render_field
+from config.settings import load_settings
 from recognizer import scan
 from recognizer.sequence import BLANK, HEIGHT, SequenceNet, best_path, build, frames, line_input
+from trainer import seqpublish
 from trainer.data import load_raw, validation_order
+from trainer.registry_cli import registry_for
 
 __all__ = ["Lines", "evaluate", "generate", "train"]
 
@@ -194,6 +201,13 @@ def _pool(root: Path, val_size: int, seed: int) -> DigitPool:
 @click.option("--init", type=click.Path(dir_okay=False, path_type=Path), help="Continue from these weights.")
 @click.option("--cache", type=click.Path(dir_okay=False, path_type=Path), help="Keep the rendered lines here.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option(
+    "--publish",
+    is_flag=True,
+    help="Then attach it to the registry's current version (INKQ_REDIS_URL) as a child version, made "
+    "current only if it reads more held-out fields exactly (trainer/seqpublish.py).",
+)
+@click.option("--gate-count", type=click.IntRange(min=10), default=100, show_default=True, help="Gate fields per kind.")
 def main(
     data_root: Path,
     fields: int,
@@ -206,25 +220,37 @@ def main(
     init: Path | None,
     cache: Path | None,
     out: Path,
+    publish: bool,
+    gate_count: int,
 ) -> None:
-    """Train the sequence network and save it as safetensors."""
+    """Train the sequence network and save it as safetensors (and publish it, with --publish)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     pool = _pool(data_root, val_size, seed=0)
-    if cache is not None and cache.exists():
-        lines = Lines.load(cache)
-    else:
-        lines = generate(pool, fields, seed=7)
-        if cache is not None:
-            lines.save(cache)
-    held = generate(pool, held_out, seed=8) if held_out else None
     torch.manual_seed(0)
     model = build()
     if init is not None:
         model.load_state_dict(load_file(str(init)))
-    train(model, lines, epochs, lr=lr, warmup=warmup, max_steps=max_steps)
+    if max_steps != 0:
+        train(model, _lines(pool, fields, cache), epochs, lr=lr, warmup=warmup, max_steps=max_steps)
     save_file(model.state_dict(), str(out))
-    if held is not None:
-        click.echo(f"held-out exact fields: {evaluate(model, held)}")
+    if held_out:
+        click.echo(f"held-out exact fields: {evaluate(model, generate(pool, held_out, seed=8))}")
+    if publish:
+        settings = load_settings()
+        outcome = seqpublish.publish(
+            settings, registry_for(settings), model, seqpublish.gate_pool(data_root, val_size), gate_count
+        )
+        click.echo(json.dumps(outcome))
+
+
+def _lines(pool: DigitPool, fields: int, cache: Path | None) -> Lines:
+    """The training lines: from ``cache`` when it exists, else rendered (and kept there)."""
+    if cache is not None and cache.exists():
+        return Lines.load(cache)
+    lines = generate(pool, fields, seed=7)
+    if cache is not None:
+        lines.save(cache)
+    return lines
 
 
 if __name__ == "__main__":

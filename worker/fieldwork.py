@@ -2,8 +2,10 @@
 
 A job submitted with ``--field`` (meta ``read.kind == "field"``) has each image read by
 ``recognizer.fields``: every candidate character of every field in the batch goes to the model
-in one call. Its rule, if any, is applied per item when the result is written; see
-``recognizer.rules`` for what a rule may change and how the change is reported.
+in one call. Where the version carries a sequence network, free handwriting is read by it instead,
+as one line (``recognizer.sequence.read_by_layout``). Its rule, if any, is applied per item when
+the result is written; see ``recognizer.rules`` for what a rule may change and how the change is
+reported.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from typing import Any
 from config.errors import ImageDecodeError, ImageError
 from recognizer.decoding import decode_colour
 from recognizer.engine import Engine
-from recognizer.fields import FieldReading, ReaderParams, read_fields
+from recognizer.fields import FieldReading, ReaderParams
 from recognizer.preprocessing import failure_reason
 from recognizer.rules import FieldRule, apply
+from recognizer.sequence import read_by_layout
 from worker.metrics import WorkerMetrics
 from worker.results import Served
 
@@ -77,7 +80,7 @@ def read_batch(
             errors[i] = ImageDecodeError(f"{type(exc).__name__}: {exc}"[:300])
             crops.append(None)
     good = [i for i in range(len(blobs)) if i not in errors]
-    readings = read_fields([crops[i] for i in good], engine, ReaderParams(max_pixels=max_pixels))
+    readings = read_by_layout([crops[i] for i in good], engine, engine.sequence, ReaderParams(max_pixels=max_pixels))
     ms = (time.perf_counter() - start) * 1000 / max(1, len(blobs))
     out: list[Served] = []
     by_index = dict(zip(good, readings, strict=True))
@@ -97,7 +100,15 @@ def read_batch(
 def field_result(body: dict[str, Any], served: Served, rule: FieldRule | None, threshold: float) -> dict[str, Any]:
     """The documented field result: the whole reading and its characters, the rule's outcome,
     and whether (and why) a person should look at it."""
-    body |= {"kind": "field", "text": None, "chars": None, "layout": None, "rule": None, "review_reasons": []}
+    body |= {
+        "kind": "field",
+        "text": None,
+        "chars": None,
+        "layout": None,
+        "method": None,
+        "rule": None,
+        "review_reasons": [],
+    }
     reading = served.field
     if reading is None:
         return body
@@ -123,6 +134,7 @@ def field_result(body: dict[str, Any], served: Served, rule: FieldRule | None, t
         "top3": chars[0]["top3"] if len(chars) == 1 else None,
         "chars": chars,
         "layout": reading.layout,
+        "method": reading.method,
         "rule": outcome.as_dict() if outcome is not None else None,
         "review": bool(reasons),
         "review_reasons": reasons,

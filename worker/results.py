@@ -7,8 +7,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from recognizer.engine import Prediction
 from recognizer.fields import FieldReading
+from recognizer.prediction import Prediction
 from worker.batcher import BatchInfo
 
 __all__ = ["Served", "log_message", "result_body"]

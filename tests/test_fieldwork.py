@@ -50,7 +50,7 @@ def test_a_batch_of_fields_is_read_and_a_bad_image_fails_alone(pool: DigitPool) 
     assert metrics.images_failed.labels(reason="decode")._value.get() == 2
     characters = sum(len(s.field.chars) for s in out if s.field is not None)
     assert metrics.fields_read._value.get() == 3 and metrics.field_characters._value.get() == characters
-    assert {s.field.method for s in out if s.field is not None} == {"segment"}  # type: ignore[union-attr]
+    assert {s.field.method for s in out if s.field is not None} == {"segment"}
 
 
 def test_with_a_line_reader_free_fields_go_to_it_and_comb_fields_stay_segmented(pool: DigitPool) -> None:

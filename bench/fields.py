@@ -29,6 +29,7 @@ from config.errors import ImageError
 from recognizer import scan
 from recognizer.engine import Engine
 from recognizer.fields import FieldReading, ReaderParams, read_fields
+from recognizer.sequence import read_by_layout
 
 __all__ = ["Reader", "char_errors", "main", "measure", "reading_sheet", "segmented", "segmenting"]
 
@@ -155,10 +156,11 @@ def measure(pool: DigitPool, reader: Reader, split: str, count: int) -> dict[str
 @click.command()
 @click.option(
     "--method",
-    type=click.Choice(["seg", "seq"]),
+    type=click.Choice(["seg", "seq", "served"]),
     default="seg",
     show_default=True,
-    help="seg: segmentation then the digit model (what workers serve); seq: the CTC sequence network.",
+    help="seg: segmentation then the digit model; seq: the CTC sequence network (--seq-weights); served: "
+    "what workers serve, the version's line reader for free fields (if it has one) and segmentation for cells.",
 )
 @click.option(
     "--seq-weights",
@@ -225,7 +227,7 @@ def main(
 ) -> None:
     """Measure the field reader on generated fields."""
     engine = None
-    if method == "seg" or digits:
+    if method in ("seg", "served") or digits:
         model = _digit_model(source, weights, data_root, cache, train_limit, train_epochs)
         engine = engine_from(model)
     if method == "seq":
@@ -233,6 +235,10 @@ def main(
             raise click.UsageError("--method seq needs --seq-weights PATH (from `python -m trainer.sequence`)")
         reader = sequence_reader(seq_weights)
         described = f"sequence:{seq_weights.name}"
+    elif method == "served":
+        assert engine is not None
+        served = engine
+        reader, described = (lambda images: read_by_layout(images, served, served.sequence)), model.source
     else:
         assert engine is not None
         reader, described = segmenting(engine), model.source

@@ -1,5 +1,6 @@
 """Field jobs end to end with real parts: `producer submit --field` with a rule, a real worker
-reading comb-box fields, the documented field result, CSV, and a corrupt file failing alone."""
+reading comb-box fields, the documented field result, CSV, a corrupt file failing alone, and free
+fields going to the version's line reader when it has one."""
 
 from __future__ import annotations
 
@@ -10,9 +11,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from bench.synth import STYLES, DigitPool, load_mnist, render_field
+from recognizer import artifact
 from recognizer.rules import luhn_ok
+from recognizer.sequence import build
+from storage.connection import connect
+from storage.keys import Keys
+from storage.registry import Registry, VersionInfo
 from tests.conftest import BIN, WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -88,3 +95,31 @@ def test_rules_are_checked_before_anything_is_queued(env: dict[str, str], tmp_pa
     ):
         run = producer(env, "submit", str(tmp_path), *args, timeout=60)
         assert run.returncode == 2 and words in run.stderr, run.stderr
+
+
+def test_a_version_with_a_line_reader_reads_free_fields_with_it(
+    env: dict[str, str], redis_url: str, small_model: tuple[bytes, dict[str, object]], mnist_root: Path, tmp_path: Path
+) -> None:
+    weights, meta = small_model
+    torch.manual_seed(0)  # an untrained line reader: which reader ran is the point, not what it read
+    Registry(connect(redis_url), Keys()).publish(artifact.with_sequence(weights, build()), VersionInfo(**meta))  # type: ignore[arg-type]
+    pool = DigitPool(*load_mnist(mnist_root, train=False))
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    for i in range(3):
+        render_field(pool, (78, i), STYLES["free"]).pil().save(folder / f"free-{i}.png")
+        render_field(pool, (79, i), STYLES["comb"]).pil().save(folder / f"comb-{i}.png")
+    worker = WorkerProcess(env, "lines", tmp_path / "worker.log", {"compile": "false", "precision": "fp32"})
+    try:
+        run = producer(env, "submit", str(folder), "--field", "--json")
+        assert run.returncode == 0, run.stderr
+        job = json.loads(run.stdout.strip().splitlines()[-1])["job"]
+        out = producer(env, "results", job, "--wait", "--timeout", "150", "--format", "jsonl")
+        assert out.returncode == 0, out.stderr + worker.log()
+    finally:
+        worker.stop()
+    rows = {Path(r["item"]).name: r for r in map(json.loads, out.stdout.splitlines())}
+    assert len(rows) == 6 and all(r["error"] is None for r in rows.values()), rows
+    for name, r in rows.items():
+        want = ("free", "sequence") if name.startswith("free") else ("comb", "segment")
+        assert (r["layout"], r["method"]) == want, (name, r)

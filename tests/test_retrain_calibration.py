@@ -1,7 +1,8 @@
-"""Item 10: the temperature a retrain ships is fitted on the weights it ships, after the pull
-back towards the parent, not on the fine-tuned weights before it.
+"""A retrain's decisions without training a ResNet: the temperature it ships is fitted on the
+weights it ships, after the pull back towards the parent (item 10); the pull's mixing weight is
+found by bisection; the gate's three verdicts.
 
-A linear classifier on real MNIST digits stands in for the ResNet so the test takes a second:
+A linear classifier on real MNIST digits stands in for the ResNet so the tests take seconds:
 ``ship`` and the interpolation work on any module."""
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from config.settings import Settings
 from recognizer import artifact, scan
 from trainer.data import Split, load_split
-from trainer.retrain import MIX_GRID, interpolate_towards_parent, ship
+from trainer.retrain import MIX_GRID, interpolate_towards_parent, ship, verdict
 from trainer.training import fit_temperature, normalize, predict_logits
 
 
@@ -81,3 +83,19 @@ def test_mixing_weight_is_the_largest_that_keeps_base_accuracy_found_by_bisectio
         assert chosen == expected, max_drop
         assert float(tuned.weight) == pytest.approx(chosen)  # the model holds the weights chosen
         assert tuned.calls <= 4  # bisection: at most four scorings of the selection images, not six
+
+
+def test_the_gate_wants_a_gain_on_held_out_labels_and_little_loss_on_the_base() -> None:
+    settings = Settings(promote_min_gain=0.01, base_tolerance=0.002)
+
+    def scores(new: float, base: float) -> dict[str, float]:
+        return {"new_heldout_accuracy": new, "base_heldout_accuracy": base}
+
+    assert verdict(settings, scores(0.80, 0.990), scores(0.90, 0.989)) == (
+        True,
+        "held-out labels 0.8000 -> 0.9000, base 0.9900 -> 0.9890",
+    )
+    promoted, reason = verdict(settings, scores(0.80, 0.99), scores(0.805, 0.99))
+    assert not promoted and reason.startswith("not better on held-out labels") and "above 0.01" in reason
+    promoted, reason = verdict(settings, scores(0.80, 0.990), scores(0.95, 0.985))
+    assert not promoted and reason.startswith("worse on the base held-out set") and "tolerance 0.002" in reason

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -151,16 +152,8 @@ def _retrain(
         "field_samples": new_data.fields + held_data.fields,
         "unaligned_fields": new_data.unaligned + held_data.unaligned,
     }
-    base = load_raw_split(settings.path("data_root"), train=True)
-    base_fingerprint = base.fingerprint
-    base_train, heldout_rows = validation_indices(len(base), settings.val_size, settings.seed)  # the base model's
-    base_heldout = base.prepared(heldout_rows)
-    generator = torch.Generator().manual_seed(settings.seed + seen_upto)
-    order = base_train[torch.randperm(len(base_train), generator=generator)]
-    # Base images to choose the mixing weight on: never replayed, and not the gate's set (a).
-    selection = base.prepared(order[:SELECTION_N])
-    replay_n = min(len(base_train) - SELECTION_N, max(settings.batch_size, round(settings.replay_ratio * len(new))))
-    replay = base.prepared(order[SELECTION_N : SELECTION_N + replay_n])
+    base = base_sets(settings, seen_upto, len(new))
+    base_heldout, selection, replay, replay_n = base.heldout, base.selection, base.replay, len(base.replay)
     mixed = Split(torch.cat([new.images, replay.images]), torch.cat([new.labels, replay.labels]))
 
     model = artifact.load_into(network.build(parent.arch), parent_weights)
@@ -184,34 +177,7 @@ def _retrain(
     mix, temperature = ship(model, parent_model, selection, base_heldout)
     after = {"base_heldout_accuracy": accuracy(model, base_heldout), "new_heldout_accuracy": accuracy(model, heldout)}
 
-    gain = after["new_heldout_accuracy"] - before["new_heldout_accuracy"]
-    drop = before["base_heldout_accuracy"] - after["base_heldout_accuracy"]
-    if gain <= settings.promote_min_gain:
-        promoted, reason = (
-            False,
-            (
-                f"not better on held-out labels: {before['new_heldout_accuracy']:.4f} -> "
-                f"{after['new_heldout_accuracy']:.4f} (needs a gain above "
-                f"{settings.promote_min_gain})"
-            ),
-        )
-    elif drop > settings.base_tolerance:
-        promoted, reason = (
-            False,
-            (
-                f"worse on the base held-out set: {before['base_heldout_accuracy']:.4f} -> "
-                f"{after['base_heldout_accuracy']:.4f} (tolerance {settings.base_tolerance})"
-            ),
-        )
-    else:
-        promoted, reason = (
-            True,
-            (
-                f"held-out labels {before['new_heldout_accuracy']:.4f} -> "
-                f"{after['new_heldout_accuracy']:.4f}, base {before['base_heldout_accuracy']:.4f}"
-                f" -> {after['base_heldout_accuracy']:.4f}"
-            ),
-        )
+    promoted, reason = verdict(settings, before, after)
     calibration = quantize.calibration_sample(mixed.images)  # what the new model was tuned on
     digest = hashlib.sha256("".join(s.digest for s in train_samples).encode()).hexdigest()[:16]
     metrics = {
@@ -229,7 +195,7 @@ def _retrain(
             arch=parent.arch,
             preprocess_version=scan.PREPROCESS_VERSION,
             temperature=temperature,
-            data_fingerprint=f"labels:{len(new)}:{digest}+replay:{replay_n}:{base_fingerprint}",
+            data_fingerprint=f"labels:{len(new)}:{digest}+replay:{replay_n}:{base.fingerprint}",
             metrics=metrics,
             parent=parent.version,
             weights_source=f"finetune:{parent.version}",
@@ -266,3 +232,45 @@ def _retrain(
         "pruned": pruned,
         "seconds": time.perf_counter() - start,
     }
+
+
+def verdict(settings: Settings, before: dict[str, float], after: dict[str, float]) -> tuple[bool, str]:
+    """The gate: promoted only when better on held-out labels by more than INKQ_PROMOTE_MIN_GAIN
+    and at most INKQ_BASE_TOLERANCE worse on the base held-out set; and why."""
+    new_before, new_after = before["new_heldout_accuracy"], after["new_heldout_accuracy"]
+    base_before, base_after = before["base_heldout_accuracy"], after["base_heldout_accuracy"]
+    if new_after - new_before <= settings.promote_min_gain:
+        return False, (
+            f"not better on held-out labels: {new_before:.4f} -> {new_after:.4f} "
+            f"(needs a gain above {settings.promote_min_gain})"
+        )
+    if base_before - base_after > settings.base_tolerance:
+        return False, (
+            f"worse on the base held-out set: {base_before:.4f} -> {base_after:.4f} "
+            f"(tolerance {settings.base_tolerance})"
+        )
+    return True, f"held-out labels {new_before:.4f} -> {new_after:.4f}, base {base_before:.4f} -> {base_after:.4f}"
+
+
+@dataclass(frozen=True)
+class BaseSets:
+    """The MNIST images a retrain uses, prepared; the rest of the training split never is."""
+
+    heldout: Split  # (a): the base model's own validation cut, which it never trained on
+    selection: Split  # to choose the mixing weight on: never replayed, not (a)
+    replay: Split  # replayed beside the new labels so that the model does not forget
+    fingerprint: str
+
+
+def base_sets(settings: Settings, seen_upto: int, new_n: int) -> BaseSets:
+    base = load_raw_split(settings.path("data_root"), train=True)
+    base_train, heldout_rows = validation_indices(len(base), settings.val_size, settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed + seen_upto)
+    order = base_train[torch.randperm(len(base_train), generator=generator)]
+    replay_n = min(len(base_train) - SELECTION_N, max(settings.batch_size, round(settings.replay_ratio * new_n)))
+    return BaseSets(
+        heldout=base.prepared(heldout_rows),
+        selection=base.prepared(order[:SELECTION_N]),
+        replay=base.prepared(order[SELECTION_N : SELECTION_N + replay_n]),
+        fingerprint=base.fingerprint,
+    )

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -45,6 +45,7 @@ from recognizer.segment import (
 __all__ = [
     "CharReading",
     "FieldReading",
+    "Handwriting",
     "ReaderParams",
     "aligned_cuts",
     "candidates",
@@ -130,9 +131,18 @@ def ink_box(to_original: np.ndarray, shape: tuple[int, int], ys: np.ndarray, xs:
     )
 
 
-def handwriting(image: np.ndarray, max_pixels: int) -> tuple[Ink, Frame, np.ndarray, list[Blob]]:
+class Handwriting(NamedTuple):
+    """A crop after steps 1-2: its ink maps, its frame, the rule-free ink and that ink's blobs."""
+
+    ink: Ink
+    frame: Frame
+    clean: np.ndarray
+    blobs: list[Blob]
+
+
+def handwriting(image: np.ndarray, max_pixels: int) -> Handwriting:
     """Steps 1-2, shared with the sequence reader: the crop levelled, its printed rules found and
-    erased; returns the ink maps, the frame, the rule-free ink and its blobs (never none)."""
+    erased (blobs never none). Half of what reading a field costs: done once per crop."""
     a = np.asarray(image)
     if a.ndim >= 2 and a.shape[0] * a.shape[1] > max_pixels:
         raise ImageTooLargeError(
@@ -146,11 +156,11 @@ def handwriting(image: np.ndarray, max_pixels: int) -> tuple[Ink, Frame, np.ndar
     blobs = components(clean)
     if not blobs:
         raise BlankImageError("no handwriting found once the printed rules are taken out (an empty field)")
-    return ink, frame, clean, blobs
+    return Handwriting(ink, frame, clean, blobs)
 
 
-def _plan(image: np.ndarray, p: ReaderParams) -> _Plan:
-    ink, frame, clean, blobs = handwriting(image, p.max_pixels)
+def _plan(image: np.ndarray, p: ReaderParams, found: Handwriting | None = None) -> _Plan:
+    ink, frame, clean, blobs = found or handwriting(image, p.max_pixels)
     height = text_height(blobs)
     s = p.segment
     if frame.kind == "comb":
@@ -255,15 +265,19 @@ def candidates(image: np.ndarray, params: ReaderParams | None = None) -> tuple[s
 
 
 def read_fields(
-    images: Sequence[np.ndarray], engine: Predictor, params: ReaderParams | None = None
+    images: Sequence[np.ndarray],
+    engine: Predictor,
+    params: ReaderParams | None = None,
+    found: Sequence[Handwriting] | None = None,
 ) -> list[FieldReading | ImageError]:
     """Each crop's reading, or the ``ImageError`` that says why it has none. Every candidate
-    character of every crop goes to the network in one ``engine.predict`` call."""
+    character of every crop goes to the network in one ``engine.predict`` call. ``found``: each
+    crop's ``handwriting`` when the caller has it already."""
     p = params or ReaderParams()
     plans: list[_Plan | ImageError] = []
-    for image in images:
+    for i, image in enumerate(images):
         try:
-            plans.append(_plan(image, p))
+            plans.append(_plan(image, p, found[i] if found is not None else None))
         except ImageError as exc:
             plans.append(exc)
         except Exception as exc:  # a crop no one foresaw fails alone, with its cause named

@@ -31,7 +31,17 @@ from torch import nn
 
 from config.errors import ArtifactCorruptError, ImageDecodeError, ImageError
 from recognizer import scan
-from recognizer.fields import Box, CharReading, FieldReading, Predictor, ReaderParams, handwriting, ink_box, read_fields
+from recognizer.fields import (
+    Box,
+    CharReading,
+    FieldReading,
+    Handwriting,
+    Predictor,
+    ReaderParams,
+    handwriting,
+    ink_box,
+    read_fields,
+)
 from recognizer.ink import FAINT
 from recognizer.segment import text_height
 
@@ -47,6 +57,7 @@ __all__ = [
     "build",
     "decode",
     "frames",
+    "line_from",
     "line_input",
     "read_by_layout",
     "sequence_reader",
@@ -114,7 +125,12 @@ class LineInput:
 
 def line_input(image: np.ndarray, max_pixels: int = MAX_PIXELS) -> LineInput:
     """The crop's handwriting as one normalised line; raises ``ImageError`` when there is none."""
-    ink, frame, clean, blobs = handwriting(image, max_pixels)
+    return line_from(handwriting(image, max_pixels))
+
+
+def line_from(found: Handwriting) -> LineInput:
+    """A crop's ``handwriting`` as one normalised line."""
+    ink, frame, clean, blobs = found
     # Keep the blobs and the faint rim around them; specks of noise below the solid level go.
     mask = np.zeros(clean.shape, np.uint8)
     for by, bx in blobs:
@@ -248,20 +264,21 @@ def read_by_layout(
         return read_fields(images, engine, params)
     out: list[FieldReading | ImageError | None] = [None] * len(images)
     lines: dict[int, LineInput] = {}
+    cells: dict[int, Handwriting] = {}  # prepared once: segmentation takes it from here
     for i, image in enumerate(images):
         try:
-            line = line_input(image, (params or ReaderParams()).max_pixels)
+            found = handwriting(image, (params or ReaderParams()).max_pixels)
+            if found.frame.kind == "free":
+                lines[i] = line_from(found)
+            else:
+                cells[i] = found
         except ImageError as exc:
             out[i] = exc
-            continue
         except Exception as exc:  # a crop no one foresaw fails alone, with its cause named
             out[i] = ImageDecodeError(f"field could not be prepared ({type(exc).__name__}: {exc})"[:300])
-            continue
-        if line.layout == "free":
-            lines[i] = line
     for i, scores in zip(lines, reader.log_probs(list(lines.values())), strict=True):
         out[i] = decode(scores, lines[i])
-    cells = [i for i, found in enumerate(out) if found is None]
-    for i, found in zip(cells, read_fields([images[i] for i in cells], engine, params), strict=True):
-        out[i] = found
-    return [found for found in out if found is not None]
+    read = read_fields([images[i] for i in cells], engine, params, list(cells.values()))
+    for i, reading in zip(cells, read, strict=True):
+        out[i] = reading
+    return [reading for reading in out if reading is not None]

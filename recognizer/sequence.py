@@ -262,12 +262,13 @@ def read_by_layout(
     segmentation, whose printed cells already fix where each character is."""
     if reader is None:
         return read_fields(images, engine, params)
+    p = params or ReaderParams()
     out: list[FieldReading | ImageError | None] = [None] * len(images)
     lines: dict[int, LineInput] = {}
     cells: dict[int, Handwriting] = {}  # prepared once: segmentation takes it from here
     for i, image in enumerate(images):
         try:
-            found = handwriting(image, (params or ReaderParams()).max_pixels)
+            found = handwriting(image, p.max_pixels)
             if found.frame.kind == "free":
                 lines[i] = line_from(found)
             else:
@@ -278,7 +279,7 @@ def read_by_layout(
             out[i] = ImageDecodeError(f"field could not be prepared ({type(exc).__name__}: {exc})"[:300])
     for i, scores in zip(lines, reader.log_probs(list(lines.values())), strict=True):
         out[i] = decode(scores, lines[i])
-    read = read_fields([images[i] for i in cells], engine, params, list(cells.values()))
+    read = read_fields([images[i] for i in cells], engine, p, list(cells.values()))
     for i, reading in zip(cells, read, strict=True):
         out[i] = reading
     return [reading for reading in out if reading is not None]

@@ -153,8 +153,8 @@ def _retrain(
         "unaligned_fields": new_data.unaligned + held_data.unaligned,
     }
     base = base_sets(settings, seen_upto, len(new))
-    base_heldout, selection, replay, replay_n = base.heldout, base.selection, base.replay, len(base.replay)
-    mixed = Split(torch.cat([new.images, replay.images]), torch.cat([new.labels, replay.labels]))
+    base_heldout, replay_n = base.heldout, len(base.replay)
+    mixed = Split(torch.cat([new.images, base.replay.images]), torch.cat([new.labels, base.replay.labels]))
 
     model = artifact.load_into(network.build(parent.arch), parent_weights)
     before = {"base_heldout_accuracy": accuracy(model, base_heldout), "new_heldout_accuracy": accuracy(model, heldout)}
@@ -174,7 +174,7 @@ def _retrain(
     assert lease is not None  # rank 0 holds the lock
     lease.check()  # a lost lock fails here, before scoring; the fenced publish is the guarantee
     parent_model = artifact.load_into(network.build(parent.arch), parent_weights)
-    mix, temperature = ship(model, parent_model, selection, base_heldout)
+    mix, temperature = ship(model, parent_model, base.selection, base_heldout)
     after = {"base_heldout_accuracy": accuracy(model, base_heldout), "new_heldout_accuracy": accuracy(model, heldout)}
 
     promoted, reason = verdict(settings, before, after)

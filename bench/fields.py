@@ -29,7 +29,7 @@ from config.errors import ImageError
 from recognizer import scan
 from recognizer.engine import Engine
 from recognizer.fields import FieldReading, ReaderParams, read_fields
-from recognizer.sequence import read_by_layout
+from recognizer.layout import read_by_layout
 
 __all__ = ["Reader", "char_errors", "main", "measure", "reading_sheet", "segmented", "segmenting"]
 

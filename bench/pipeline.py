@@ -284,6 +284,7 @@ def retrain_cost(s: Stack, images: np.ndarray, labels: np.ndarray, data_root: Pa
         "before": summary.get("before"),
         "after": summary.get("after"),
         "replay": summary.get("replay"),
+        "phase_seconds": summary.get("phase_seconds"),
     }
 
 

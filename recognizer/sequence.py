@@ -36,11 +36,8 @@ from recognizer.fields import (
     CharReading,
     FieldReading,
     Handwriting,
-    Predictor,
-    ReaderParams,
     handwriting,
     ink_box,
-    read_fields,
 )
 from recognizer.ink import FAINT
 from recognizer.segment import text_height
@@ -59,7 +56,6 @@ __all__ = [
     "frames",
     "line_from",
     "line_input",
-    "read_by_layout",
     "sequence_reader",
 ]
 
@@ -252,34 +248,3 @@ def sequence_reader(state: dict[str, torch.Tensor] | None) -> SequenceReader | N
     except Exception as exc:
         raise ArtifactCorruptError(f"sequence network weights do not load: {exc}") from exc
     return SequenceReader(model)
-
-
-def read_by_layout(
-    images: Sequence[np.ndarray], engine: Predictor, reader: SequenceReader | None, params: ReaderParams | None = None
-) -> list[FieldReading | ImageError]:
-    """Each crop's reading: free handwriting by the sequence network when there is one (it reads
-    touching and overlapping digits that no cut separates), fields in comb cells or boxes by
-    segmentation, whose printed cells already fix where each character is."""
-    if reader is None:
-        return read_fields(images, engine, params)
-    p = params or ReaderParams()
-    out: list[FieldReading | ImageError | None] = [None] * len(images)
-    lines: dict[int, LineInput] = {}
-    cells: dict[int, Handwriting] = {}  # prepared once: segmentation takes it from here
-    for i, image in enumerate(images):
-        try:
-            found = handwriting(image, p.max_pixels)
-            if found.frame.kind == "free":
-                lines[i] = line_from(found)
-            else:
-                cells[i] = found
-        except ImageError as exc:
-            out[i] = exc
-        except Exception as exc:  # a crop no one foresaw fails alone, with its cause named
-            out[i] = ImageDecodeError(f"field could not be prepared ({type(exc).__name__}: {exc})"[:300])
-    for i, scores in zip(lines, reader.log_probs(list(lines.values())), strict=True):
-        out[i] = decode(scores, lines[i])
-    read = read_fields([images[i] for i in cells], engine, p, list(cells.values()))
-    for i, reading in zip(cells, read, strict=True):
-        out[i] = reading
-    return [reading for reading in out if reading is not None]

@@ -121,5 +121,6 @@ def test_a_version_with_a_line_reader_reads_free_fields_with_it(
     rows = {Path(r["item"]).name: r for r in map(json.loads, out.stdout.splitlines())}
     assert len(rows) == 6 and all(r["error"] is None for r in rows.values()), rows
     for name, r in rows.items():
-        want = ("free", "sequence") if name.startswith("free") else ("comb", "segment")
-        assert (r["layout"], r["method"]) == want, (name, r)
+        # Comb cells are segmented, and weighed with the line reader when it found as many characters.
+        want = {("free", "sequence")} if name.startswith("free") else {("comb", "segment"), ("comb", "both")}
+        assert (r["layout"], r["method"]) in want, (name, r)

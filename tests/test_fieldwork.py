@@ -53,7 +53,7 @@ def test_a_batch_of_fields_is_read_and_a_bad_image_fails_alone(pool: DigitPool) 
     assert {s.field.method for s in out if s.field is not None} == {"segment"}
 
 
-def test_with_a_line_reader_free_fields_go_to_it_and_comb_fields_stay_segmented(pool: DigitPool) -> None:
+def test_with_a_line_reader_free_fields_go_to_it_and_comb_fields_are_segmented_too(pool: DigitPool) -> None:
     engine = Knn(pool.images[:3000], pool.labels[:3000])
     engine.sequence = SequenceReader(build())  # untrained: which reader ran is the point, not what it read
     free = [render_field(pool, (6, i), STYLES["free"]) for i in range(3)]
@@ -63,7 +63,9 @@ def test_with_a_line_reader_free_fields_go_to_it_and_comb_fields_stay_segmented(
     out = read_batch(engine, blobs, max_bytes=1 << 20, max_pixels=1 << 22, metrics=WorkerMetrics(), fetch_ms=0.5)  # type: ignore[arg-type]
     methods = [(s.field.layout, s.field.method) if s.field is not None else s.error for s in out]
     assert methods[0] == methods[3] == methods[5] == ("free", "sequence")
-    assert methods[1] == methods[4] == ("comb", "segment") and engine.calls == 1  # one call, for the comb cells
+    # Comb cells are segmented (one model call, for the cells only) and weighed with the line
+    # reader where it found as many characters: which, an untrained reader decides by chance.
+    assert {methods[1], methods[4]} <= {("comb", "segment"), ("comb", "both")} and engine.calls == 1
     assert out[2].field is None and out[2].error
     body = field_result({}, out[0], None, threshold=0.5)
     assert body["method"] == "sequence" and body["layout"] == "free"

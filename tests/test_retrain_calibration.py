@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from config.errors import ConfigError
 from config.settings import Settings
-from recognizer import artifact, scan
+from recognizer import artifact, network, scan
 from trainer.data import Split, load_split
-from trainer.retrain import MIX_GRID, interpolate_towards_parent, ship, verdict
+from trainer.retrain import MIX_GRID, freeze, interpolate_towards_parent, ship, verdict
 from trainer.training import fit_temperature, normalize, predict_logits
 
 
@@ -99,3 +100,20 @@ def test_the_gate_wants_a_gain_on_held_out_labels_and_little_loss_on_the_base() 
     assert not promoted and reason.startswith("not better on held-out labels") and "above 0.01" in reason
     promoted, reason = verdict(settings, scores(0.80, 0.990), scores(0.95, 0.985))
     assert not promoted and reason.startswith("worse on the base held-out set") and "tolerance 0.002" in reason
+
+
+def test_frozen_stages_take_no_step_and_the_rest_do() -> None:
+    torch.manual_seed(0)
+    model = network.build()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    frozen = freeze(model, 1)
+    assert frozen and all(n.startswith(("conv1", "bn1", "layer1")) for n in frozen)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    F.cross_entropy(model(torch.randn(4, 1, 28, 28)), torch.tensor([1, 2, 3, 4])).backward()
+    optimizer.step()
+    after = model.state_dict()
+    assert all(torch.equal(after[n], before[n]) for n in frozen)
+    assert not torch.equal(after["layer2.0.conv1.weight"], before["layer2.0.conv1.weight"])
+    assert freeze(network.build(), 0) == []
+    with pytest.raises(ConfigError, match="at most 3"):
+        freeze(model, 4)

@@ -18,11 +18,11 @@ import dataclasses
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from config.errors import ConfigError
 from config.settings import Settings
 from recognizer import artifact, network, quantize, scan
 from recognizer.engine import Engine, bf16_capable
@@ -30,15 +30,15 @@ from storage.labels import Labels, held_out
 from storage.lock import Lease
 from storage.registry import Registry, VersionInfo, VersionStatus
 from trainer.base import bf16_agreement
-from trainer.data import Split, load_raw_split, validation_indices
+from trainer.data import Split
 from trainer.distributed import World, setup, teardown
 from trainer.labelled import labelled_split
+from trainer.replay import base_sets
 from trainer.training import TrainConfig, digits_of, fit, fit_temperature, predict_logits
 
 log = logging.getLogger(__name__)
 
 
-SELECTION_N = 4000
 MIX_GRID = (1.0, 0.8, 0.65, 0.5, 0.35, 0.25)
 
 
@@ -119,6 +119,7 @@ def _retrain(
     settings: Settings, registry: Registry, labels: Labels, *, progress: bool, world: World, lease: Lease | None
 ) -> dict[str, Any]:
     start = time.perf_counter()
+    phases = Phases()
     parent, parent_weights = registry.weights()
     seen_upto = labels.latest_seq()
     everything = labels.all()
@@ -156,6 +157,7 @@ def _retrain(
     base_heldout, replay_n = base.heldout, len(base.replay)
     mixed = Split(torch.cat([new.images, base.replay.images]), torch.cat([new.labels, base.replay.labels]))
 
+    phases.mark("prepare")
     model = artifact.load_into(network.build(parent.arch), parent_weights)
     before = {"base_heldout_accuracy": accuracy(model, base_heldout), "new_heldout_accuracy": accuracy(model, heldout)}
     config = TrainConfig(
@@ -168,14 +170,21 @@ def _retrain(
         progress=progress,
         select=False,
     )
+    phases.mark("score_before")
+    freeze(model, settings.retrain_frozen)
     result = fit(model, mixed, base_heldout, config, world)
+    for p in model.parameters():
+        p.requires_grad = True
+    phases.mark("train")
     if not world.main:
         return summary | {"rank": world.rank}
     assert lease is not None  # rank 0 holds the lock
     lease.check()  # a lost lock fails here, before scoring; the fenced publish is the guarantee
     parent_model = artifact.load_into(network.build(parent.arch), parent_weights)
     mix, temperature = ship(model, parent_model, base.selection, base_heldout)
+    phases.mark("mix_and_calibrate")
     after = {"base_heldout_accuracy": accuracy(model, base_heldout), "new_heldout_accuracy": accuracy(model, heldout)}
+    phases.mark("score_after")
 
     promoted, reason = verdict(settings, before, after)
     calibration = quantize.calibration_sample(mixed.images)  # what the new model was tuned on
@@ -189,6 +198,7 @@ def _retrain(
         "heldout_n": len(heldout),
         "base_heldout_n": len(base_heldout),
     }
+    phases.mark("bf16_agreement")
     info = registry.publish(
         artifact.dump(model, calibration, artifact.sequence_state(parent_weights)),  # the line reader stays
         VersionInfo(
@@ -208,6 +218,7 @@ def _retrain(
                 "replay_n": replay_n,
                 "labels_upto": seen_upto,
                 "temperature_before_mix": result.temperature,
+                "frozen_stages": settings.retrain_frozen,
             },
             labels_upto=seen_upto,
         ),
@@ -219,6 +230,7 @@ def _retrain(
     if not promoted:
         labels.set_watermark(seen_upto, "tried")
     pruned = registry.prune(settings.keep_versions, token=lease.token)
+    phases.mark("publish")
     log.info("retrain %s: %s (%s)", info.version, "promoted" if promoted else "rejected", reason)
     return summary | {
         "version": info.version,
@@ -231,7 +243,37 @@ def _retrain(
         "temperature": temperature,
         "pruned": pruned,
         "seconds": time.perf_counter() - start,
+        "phase_seconds": phases.seconds,
     }
+
+
+STAGES = (("conv1", "bn1", "layer1"), ("layer2",), ("layer3",))
+
+
+def freeze(model: torch.nn.Module, stages: int) -> list[str]:
+    """Leave the first ``stages`` of ``STAGES`` as they are; returns the frozen parameters' names."""
+    if stages > len(STAGES):
+        raise ConfigError(f"INKQ_RETRAIN_FROZEN={stages}: at most {len(STAGES)} stages can be frozen (0 trains all)")
+    prefixes = tuple(name for stage in STAGES[:stages] for name in stage)
+    frozen = []
+    for name, p in model.named_parameters():
+        if prefixes and name.startswith(prefixes):
+            p.requires_grad = False
+            frozen.append(name)
+    return frozen
+
+
+class Phases:
+    """Where a retrain's time goes, named step by step: what to cut next is read off a run."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._last, 2)
+        self._last = now
 
 
 def verdict(settings: Settings, before: dict[str, float], after: dict[str, float]) -> tuple[bool, str]:
@@ -250,27 +292,3 @@ def verdict(settings: Settings, before: dict[str, float], after: dict[str, float
             f"(tolerance {settings.base_tolerance})"
         )
     return True, f"held-out labels {new_before:.4f} -> {new_after:.4f}, base {base_before:.4f} -> {base_after:.4f}"
-
-
-@dataclass(frozen=True)
-class BaseSets:
-    """The MNIST images a retrain uses, prepared; the rest of the training split never is."""
-
-    heldout: Split  # (a): the base model's own validation cut, which it never trained on
-    selection: Split  # to choose the mixing weight on: never replayed, not (a)
-    replay: Split  # replayed beside the new labels so that the model does not forget
-    fingerprint: str
-
-
-def base_sets(settings: Settings, seen_upto: int, new_n: int) -> BaseSets:
-    base = load_raw_split(settings.path("data_root"), train=True)
-    base_train, heldout_rows = validation_indices(len(base), settings.val_size, settings.seed)
-    generator = torch.Generator().manual_seed(settings.seed + seen_upto)
-    order = base_train[torch.randperm(len(base_train), generator=generator)]
-    replay_n = min(len(base_train) - SELECTION_N, max(settings.batch_size, round(settings.replay_ratio * new_n)))
-    return BaseSets(
-        heldout=base.prepared(heldout_rows),
-        selection=base.prepared(order[:SELECTION_N]),
-        replay=base.prepared(order[SELECTION_N : SELECTION_N + replay_n]),
-        fingerprint=base.fingerprint,
-    )

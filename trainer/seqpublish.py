@@ -2,7 +2,7 @@
 
 The candidate is the current version's file unchanged (digit network, calibration images) plus
 the line reader, published as a child version. Both are scored as workers would serve them
-(``recognizer.sequence.read_by_layout``: free handwriting by the current reader, cells by
+(``recognizer.layout.read_by_layout``: free handwriting by the current reader, cells by
 segmentation) on fields rendered from training digits the sequence trainer kept out. The
 candidate becomes current only if it reads more of those fields exactly; otherwise it is kept as
 rejected, with the figures, and nothing changes for the workers.
@@ -21,7 +21,7 @@ from config.settings import Settings
 from recognizer import artifact, scan
 from recognizer.engine import Engine
 from recognizer.fields import FieldReading, ReaderParams
-from recognizer.sequence import read_by_layout
+from recognizer.layout import read_by_layout
 from storage.registry import Registry, VersionInfo, VersionStatus
 from trainer.data import validation_order
 

@@ -3,7 +3,7 @@
 A job submitted with ``--field`` (meta ``read.kind == "field"``) has each image read by
 ``recognizer.fields``: every candidate character of every field in the batch goes to the model
 in one call. Where the version carries a sequence network, free handwriting is read by it instead,
-as one line (``recognizer.sequence.read_by_layout``). Its rule, if any, is applied per item when
+as one line (``recognizer.layout.read_by_layout``). Its rule, if any, is applied per item when
 the result is written; see ``recognizer.rules`` for what a rule may change and how the change is
 reported.
 """
@@ -19,9 +19,9 @@ from config.errors import ImageDecodeError, ImageError
 from recognizer.decoding import decode_colour
 from recognizer.engine import Engine
 from recognizer.fields import FieldReading, ReaderParams
+from recognizer.layout import read_by_layout
 from recognizer.preprocessing import failure_reason
 from recognizer.rules import FieldRule, apply
-from recognizer.sequence import read_by_layout
 from worker.metrics import WorkerMetrics
 from worker.results import Served
 

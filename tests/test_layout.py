@@ -1,0 +1,38 @@
+"""Fusing the two readers of a field in cells: each position's digit is the one both readers find
+most likely together; a disagreement on the count leaves the cells' reading alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from recognizer.fields import CharReading, FieldReading
+from recognizer.layout import fuse
+
+
+def field(*tops: list[tuple[int, float]], method: str = "segment") -> FieldReading:
+    chars = [CharReading(t[0][0], t[0][1], t, (i * 10, 0, i * 10 + 8, 12)) for i, t in enumerate(tops)]
+    return FieldReading("".join(str(c.label) for c in chars), chars, 0.5, "comb", method)
+
+
+def test_a_digit_both_readers_rank_high_wins_over_one_that_only_one_is_sure_of() -> None:
+    cells = field([(1, 0.99), (7, 0.01)], [(3, 0.55), (8, 0.44), (5, 0.01)])
+    line = field([(1, 0.98), (7, 0.02)], [(8, 0.7), (3, 0.2), (9, 0.1)], method="sequence")
+    out = fuse(cells, line)
+    assert out.text == "18" and out.method == "both" and out.layout == "comb"
+    assert out.chars[1].top3[0][0] == 8 and out.chars[1].top3[1][0] == 3
+    assert out.chars[1].box == cells.chars[1].box  # boxes stay the cells'
+    assert out.confidence == pytest.approx(out.chars[0].confidence * out.chars[1].confidence)
+    assert sum(p for _, p in out.chars[1].top3) <= 1.0 + 1e-9
+
+
+def test_a_digit_outside_one_readers_top_three_is_weighed_not_vetoed() -> None:
+    cells = field([(4, 0.99), (9, 0.005), (7, 0.005)])
+    line = field([(9, 0.5), (7, 0.3), (1, 0.2)], method="sequence")  # 4 not in its top 3 at all
+    assert fuse(cells, line).text == "4"
+
+
+def test_when_the_readers_disagree_on_the_count_the_cells_decide() -> None:
+    cells = field([(1, 0.9)], [(2, 0.9)], [(3, 0.9)])
+    line = field([(1, 0.9)], [(2, 0.9)], method="sequence")
+    assert fuse(cells, line) is cells
+    assert fuse(field(), field(method="sequence")).method == "segment"  # nothing read: nothing fused

@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 
-from config.errors import ConfigError
 from config.settings import Settings
 from recognizer import artifact, network, quantize, scan
 from recognizer.engine import Engine, bf16_capable
@@ -33,8 +32,9 @@ from trainer.base import bf16_agreement
 from trainer.data import Split
 from trainer.distributed import World, setup, teardown
 from trainer.labelled import labelled_split
+from trainer.linetune import line_half
 from trainer.replay import base_sets
-from trainer.training import TrainConfig, digits_of, fit, fit_temperature, predict_logits
+from trainer.training import TrainConfig, digits_of, fit, fit_temperature, freeze, predict_logits
 
 log = logging.getLogger(__name__)
 
@@ -185,22 +185,34 @@ def _retrain(
     phases.mark("mix_and_calibrate")
     after = {"base_heldout_accuracy": accuracy(model, base_heldout), "new_heldout_accuracy": accuracy(model, heldout)}
     phases.mark("score_after")
+    lines = line_half(settings, labels, parent_weights, train_samples, holdout_samples, config.seed)
+    phases.mark("line_reader")
 
-    promoted, reason = verdict(settings, before, after)
+    digits_ok, reason = verdict(settings, before, after)
+    promoted = digits_ok or lines.adopted
+    reason = f"{reason}; {lines.reason}" if lines.reason else reason
+    # Only the line reader learned: the parent's digit network ships, with its own figures.
+    parent_digits = lines.state is not None and not digits_ok
+    shipped = parent_model if parent_digits else model
     calibration = quantize.calibration_sample(mixed.images)  # what the new model was tuned on
     digest = hashlib.sha256("".join(s.digest for s in train_samples).encode()).hexdigest()[:16]
     metrics = {
         "mix": mix,
-        "val_accuracy": after["base_heldout_accuracy"],
-        "bf16_agreement": bf16_agreement(model, base_heldout.images),
+        "val_accuracy": (before if parent_digits else after)["base_heldout_accuracy"],
+        "bf16_agreement": bf16_agreement(shipped, base_heldout.images),
         **{f"{k}_before": v for k, v in before.items()},
         **{f"{k}_after": v for k, v in after.items()},
         "heldout_n": len(heldout),
         "base_heldout_n": len(base_heldout),
+        **{f"lines_{k}": v for k, v in lines.figures.items()},
     }
     phases.mark("bf16_agreement")
+    if parent_digits and lines.state is not None:
+        payload, temperature = artifact.with_sequence(parent_weights, lines.state), parent.temperature
+    else:
+        payload = artifact.dump(model, calibration, lines.state or artifact.sequence_state(parent_weights))
     info = registry.publish(
-        artifact.dump(model, calibration, artifact.sequence_state(parent_weights)),  # the line reader stays
+        payload,
         VersionInfo(
             arch=parent.arch,
             preprocess_version=scan.PREPROCESS_VERSION,
@@ -219,6 +231,7 @@ def _retrain(
                 "labels_upto": seen_upto,
                 "temperature_before_mix": result.temperature,
                 "frozen_stages": settings.retrain_frozen,
+                "digit_network": "parent" if parent_digits else "retrained",
             },
             labels_upto=seen_upto,
         ),
@@ -240,27 +253,12 @@ def _retrain(
         "before": before,
         "after": after,
         "replay": replay_n,
+        "line_reader": {"adopted": lines.adopted, "reason": lines.reason, **lines.figures},
         "temperature": temperature,
         "pruned": pruned,
         "seconds": time.perf_counter() - start,
         "phase_seconds": phases.seconds,
     }
-
-
-STAGES = (("conv1", "bn1", "layer1"), ("layer2",), ("layer3",))
-
-
-def freeze(model: torch.nn.Module, stages: int) -> list[str]:
-    """Leave the first ``stages`` of ``STAGES`` as they are; returns the frozen parameters' names."""
-    if stages > len(STAGES):
-        raise ConfigError(f"INKQ_RETRAIN_FROZEN={stages}: at most {len(STAGES)} stages can be frozen (0 trains all)")
-    prefixes = tuple(name for stage in STAGES[:stages] for name in stage)
-    frozen = []
-    for name, p in model.named_parameters():
-        if prefixes and name.startswith(prefixes):
-            p.requires_grad = False
-            frozen.append(name)
-    return frozen
 
 
 class Phases:

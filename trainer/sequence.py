@@ -36,7 +36,7 @@ from trainer import seqpublish
 from trainer.data import load_raw, validation_order
 from trainer.registry_cli import registry_for
 
-__all__ = ["Lines", "evaluate", "generate", "train"]
+__all__ = ["Lines", "digit_pool", "evaluate", "generate", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,8 @@ def evaluate(model: SequenceNet, lines: Lines, batch: int = 64) -> dict[str, flo
     return {kind: round(100 * a / n, 2) for kind, (a, n) in sorted(right.items())}
 
 
-def _pool(root: Path, val_size: int, seed: int) -> DigitPool:
+def digit_pool(root: Path, val_size: int, seed: int = 0) -> DigitPool:
+    """The training digits fields are drawn from: all but the first ``val_size`` of the validation order."""
     images, labels = load_raw(root, train=True)
     keep = validation_order(len(labels), seed)[val_size:].numpy()
     return DigitPool(images[keep], labels[keep])
@@ -225,7 +226,7 @@ def main(
 ) -> None:
     """Train the sequence network and save it as safetensors (and publish it, with --publish)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    pool = _pool(data_root, val_size, seed=0)
+    pool = digit_pool(data_root, val_size, seed=0)
     torch.manual_seed(0)
     model = build()
     if init is not None:

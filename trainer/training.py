@@ -18,6 +18,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from config.errors import ConfigError
 from recognizer import scan
 from trainer.data import Split
 from trainer.distributed import World
@@ -210,3 +211,19 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, world: Wor
         seconds=time.perf_counter() - start,
         history=history,
     )
+
+
+STAGES = (("conv1", "bn1", "layer1"), ("layer2",), ("layer3",))
+
+
+def freeze(model: torch.nn.Module, stages: int) -> list[str]:
+    """Leave the first ``stages`` of ``STAGES`` as they are; returns the frozen parameters' names."""
+    if stages > len(STAGES):
+        raise ConfigError(f"INKQ_RETRAIN_FROZEN={stages}: at most {len(STAGES)} stages can be frozen (0 trains all)")
+    prefixes = tuple(name for stage in STAGES[:stages] for name in stage)
+    frozen = []
+    for name, p in model.named_parameters():
+        if prefixes and name.startswith(prefixes):
+            p.requires_grad = False
+            frozen.append(name)
+    return frozen

@@ -248,6 +248,12 @@ class Settings:
     # Fine-tuning on labelled samples (`trainer retrain`, `trainer watch`)
     retrain_epochs: int = _field(8, "Epochs over new labels plus replay in one retrain.", minimum=1)
     retrain_learning_rate: float = _field(0.01, "Peak learning rate of a retrain.", minimum=0.0)
+    retrain_line_steps: int = _field(
+        120,
+        "Steps (16 lines each) a retrain fine-tunes the version's line reader for on labelled fields; "
+        "0 leaves the line reader as it is.",
+        minimum=0,
+    )
     retrain_frozen: int = _field(
         0,
         "ResNet stages a retrain leaves as they are: 0 none, 1 the stem and layer1, 2 up to layer2. Frozen "

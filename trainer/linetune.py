@@ -10,7 +10,7 @@ to align, so every labelled field counts.
      content hash);
   2. replay: ``REPLAY_PER_FIELD`` generated lines per labelled one (training digits outside the
      kept-out ones);
-  3. a short fine-tune (``STEPS`` AdamW steps, one-cycle);
+  3. a short fine-tune (``INKQ_RETRAIN_LINE_STEPS`` AdamW steps, one-cycle);
   4. the gate: the new reader must read more held-out labelled fields exactly, and lose at most
      ``GUARD_TOLERANCE`` on generated free fields from digits no reader trained on.
 Adopted, it goes into the retrain's version; otherwise the parent's reader stays, with the reason.
@@ -39,8 +39,7 @@ __all__ = ["GUARD_TOLERANCE", "LineOutcome", "labelled_lines", "line_half", "tun
 
 log = logging.getLogger(__name__)
 
-STEPS = 120  # batches of BATCH lines: about 40 s on 2 CPU cores
-BATCH = 16
+BATCH = 16  # lines per step; INKQ_RETRAIN_LINE_STEPS steps (120: about 40 s on 2 CPU cores)
 LEARNING_RATE = 3e-4  # a third of training's peak: the reader already reads; it adapts
 REPLAY_PER_FIELD = 3  # generated lines per labelled field, so the reader does not forget
 MIN_REPLAY = 200
@@ -131,8 +130,9 @@ def tune_lines(
     )
     mixed = _mixed(new, replay)
     torch.manual_seed(seed)
-    epochs = STEPS * BATCH / len(mixed.texts)  # a fixed number of steps, however many lines
-    sequence.train(model, mixed, epochs, batch=BATCH, lr=LEARNING_RATE, max_steps=STEPS, seed=seed)
+    steps = settings.retrain_line_steps
+    epochs = steps * BATCH / len(mixed.texts)  # a fixed number of steps, however many lines
+    sequence.train(model, mixed, epochs, batch=BATCH, lr=LEARNING_RATE, max_steps=steps, seed=seed)
     after = {"held": _exact(model, held), "guard": _exact(model, guard)}
     figures = {f"{k}_{when}": round(v, 2) for when, d in (("before", before), ("after", after)) for k, v in d.items()}
     said = (
@@ -157,7 +157,7 @@ def line_half(
 ) -> LineOutcome:
     """The line-reader half of a retrain: tried when the parent has a line reader and fields were labelled."""
     parent = artifact.sequence_state(parent_weights)
-    if parent is None or not any(s.text is not None for s in train):
+    if parent is None or not settings.retrain_line_steps or not any(s.text is not None for s in train):
         return LineOutcome(False, "")
     return tune_lines(
         settings, parent, labelled_lines(labels, train, settings), labelled_lines(labels, held, settings), seed

@@ -9,7 +9,8 @@ from training digits, each is best at something:
   is, *and* the line reader over the same cleaned ink. When both find as many characters, each
   position takes the digit the two find most likely together (the product of their
   probabilities); two networks trained on different inputs rarely misread the same stroke the
-  same way. When they disagree on the count, the cells decide.
+  same way. When they disagree on the count (a rule's remnant read as a digit, a box taken for
+  a comb, a doubled character), the more confident reading stands.
 
     readings = read_by_layout(crops, engine, engine.sequence)   # FieldReading or ImageError each
 """
@@ -62,9 +63,9 @@ def _fused_char(cell: CharReading, line: CharReading) -> CharReading:
 
 def fuse(cells: FieldReading, line: FieldReading) -> FieldReading:
     """The segmentation reading, each character weighed with the line reader's reading of the
-    same position when both found as many characters; otherwise ``cells`` unchanged."""
+    same position when both found as many characters; otherwise the more confident of the two."""
     if len(cells.chars) != len(line.chars) or not cells.chars:
-        return cells
+        return line if line.confidence > cells.confidence else cells
     chars = [_fused_char(c, s) for c, s in zip(cells.chars, line.chars, strict=True)]
     text = "".join(str(c.label) for c in chars)
     return replace(cells, text=text, chars=chars, confidence=math.prod(c.confidence for c in chars), method="both")

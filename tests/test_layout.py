@@ -1,7 +1,9 @@
 """Fusing the two readers of a field in cells: each position's digit is the one both readers find
-most likely together; a disagreement on the count leaves the cells' reading alone."""
+most likely together; when they disagree on the count, the more confident reading stands."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 
@@ -11,7 +13,8 @@ from recognizer.layout import fuse
 
 def field(*tops: list[tuple[int, float]], method: str = "segment") -> FieldReading:
     chars = [CharReading(t[0][0], t[0][1], t, (i * 10, 0, i * 10 + 8, 12)) for i, t in enumerate(tops)]
-    return FieldReading("".join(str(c.label) for c in chars), chars, 0.5, "comb", method)
+    text = "".join(str(c.label) for c in chars)
+    return FieldReading(text, chars, math.prod(c.confidence for c in chars), "comb", method)
 
 
 def test_a_digit_both_readers_rank_high_wins_over_one_that_only_one_is_sure_of() -> None:
@@ -31,8 +34,11 @@ def test_a_digit_outside_one_readers_top_three_is_weighed_not_vetoed() -> None:
     assert fuse(cells, line).text == "4"
 
 
-def test_when_the_readers_disagree_on_the_count_the_cells_decide() -> None:
-    cells = field([(1, 0.9)], [(2, 0.9)], [(3, 0.9)])
-    line = field([(1, 0.9)], [(2, 0.9)], method="sequence")
-    assert fuse(cells, line) is cells
-    assert fuse(field(), field(method="sequence")).method == "segment"  # nothing read: nothing fused
+def test_when_the_readers_disagree_on_the_count_the_more_confident_reading_stands() -> None:
+    cells = field([(8, 0.9)], [(1, 0.6)])  # a box's edge read as a 1 after the 8
+    line = field([(8, 0.97)], method="sequence")
+    assert fuse(cells, line) is line
+    sure = field([(1, 0.99)], [(2, 0.99)], [(3, 0.99)])
+    doubled = field([(1, 0.9)], [(2, 0.9)], [(2, 0.6)], [(3, 0.9)], method="sequence")
+    assert fuse(sure, doubled) is sure
+    assert fuse(field(), field(method="sequence")).method in ("segment", "sequence")  # nothing to fuse

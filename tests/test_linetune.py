@@ -58,11 +58,11 @@ def test_labelled_fields_become_lines_with_their_texts(redis_url: str, pool: Dig
 
 
 @pytest.mark.parametrize(
-    ("scores", "adopted", "words"),
+    ("scores", "adopted", "mix", "words"),
     [
-        ([40.0, 70.0, 60.0, 69.5], True, "line reader: held-out labelled fields 40.0% -> 60.0%"),
-        ([40.0, 70.0, 40.0, 71.0], False, "line reader not better"),
-        ([40.0, 70.0, 60.0, 60.0], False, "line reader worse on generated fields"),
+        ([40.0, 60.0, 70.0, 69.5], True, 1.0, "line reader: held-out labelled fields 40.0% -> 60.0%"),
+        ([40.0, 40.0, 70.0, 71.0], False, 1.0, "line reader not better"),
+        ([40.0, 60.0, 70.0, 60.0], False, 0.25, "line reader worse on generated fields"),
     ],
 )
 def test_the_gate_adopts_a_reader_only_when_better_and_no_worse_on_generated_fields(
@@ -72,12 +72,23 @@ def test_the_gate_adopts_a_reader_only_when_better_and_no_worse_on_generated_fie
     mnist_root: Path,
     scores: list[float],
     adopted: bool,
+    mix: float,
     words: str,
 ) -> None:
     labels = stored(redis_url, pool, ["31", "4417", "90210", "81", "562"])
     lines = linetune.labelled_lines(labels, labels.all(), Settings())
-    told = iter(scores)  # held before, guard before, held after, guard after
-    monkeypatch.setattr(linetune, "_exact", lambda model, lines: next(told))
+    held_before, held_after, generated_before, generated_after = scores
+    calls: dict[int, int] = {}
+
+    def exact(model: object, judged: object) -> float:
+        """Each set's first reading is the parent's, every later one the tuned reader's."""
+        first = calls.setdefault(id(judged), 0) == 0
+        calls[id(judged)] += 1
+        if judged is lines:
+            return held_before if first else held_after
+        return generated_before if first else generated_after  # the guard and the mixing weight's set
+
+    monkeypatch.setattr(linetune, "_exact", exact)
     monkeypatch.setattr(linetune, "MIN_REPLAY", 16)
     monkeypatch.setattr(linetune, "GUARD_FIELDS", 4)
     torch.manual_seed(0)
@@ -86,10 +97,11 @@ def test_the_gate_adopts_a_reader_only_when_better_and_no_worse_on_generated_fie
     out = linetune.tune_lines(settings, parent, lines, lines, seed=3)
     assert out.adopted is adopted and words in out.reason, out.reason
     assert out.figures == {
-        "held_before": scores[0],
-        "guard_before": scores[1],
-        "held_after": scores[2],
-        "guard_after": scores[3],
+        "held_before": held_before,
+        "guard_before": generated_before,
+        "held_after": held_after,
+        "guard_after": generated_after,
+        "mix": mix,  # pulled all the way back to the grid's end when no weight holds up
     }
     if adopted:
         assert out.state is not None and not torch.equal(out.state["fc.weight"], parent["fc.weight"])

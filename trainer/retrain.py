@@ -85,9 +85,12 @@ def interpolate_towards_parent(
 
 
 def accuracy(model: torch.nn.Module, split: Split) -> float:
+    """Share read right, in the precision workers serve where the hardware has bf16: the gate and
+    the pull towards the parent compare models, and those passes are most of a retrain's scoring."""
     if len(split) == 0:
         return float("nan")
-    return float((digits_of(predict_logits(model, split.images)) == split.labels).float().mean())
+    bf16 = bf16_capable(next(model.parameters()).device)
+    return float((digits_of(predict_logits(model, split.images, bf16=bf16)) == split.labels).float().mean())
 
 
 def retrain(settings: Settings, registry: Registry, labels: Labels, *, progress: bool = False) -> dict[str, Any]:

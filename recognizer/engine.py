@@ -105,13 +105,15 @@ class Engine:
         # compiling when every bucket has a good one (CPU only: CUDA keeps its graphs).
         self.version = version
         self.device = resolve_device(device)
-        # The version's line reader for free fields (recognizer/sequence.py), when it has one.
-        self.sequence = sequence.to(self.device) if sequence is not None else None
         # int8 (recognizer/quantize.py) is calibrated on the version's prepared [0, 1] images;
         # where it is not taken, "int8" falls back to what "auto" would choose.
         calibrated = calibration is not None
         self.int8 = quantize.use_int8(precision, self.device, calibrated=calibrated, agreement=int8_agreement)
         self.dtype = torch.float32 if self.int8 else resolve_precision(precision, self.device, bf16_agreement)
+        # The version's line reader for fields (recognizer/sequence.py), when it has one: bf16
+        # where the digit network serves bf16.
+        bf16 = self.dtype == torch.bfloat16
+        self.sequence = sequence.to(self.device, bf16=bf16) if sequence is not None else None
         self.buckets = tuple(sorted(set(int(b) for b in buckets)))
         self.temperature = float(temperature)
         # The engine owns its copy: casting or compiling must never touch the caller's module.

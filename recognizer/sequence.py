@@ -196,17 +196,23 @@ def decode(log_probs: torch.Tensor, line: LineInput) -> FieldReading:
 
 class SequenceReader:
     """A sequence network serving field crops: lines of similar width share a batch, padded to a
-    multiple of ``pad_to`` columns so few distinct shapes are ever run. Eager fp32: lines vary in
-    width, and one compile per width would cost more than it saves."""
+    multiple of ``pad_to`` columns so few distinct shapes are ever run. Eager: lines vary in
+    width, and one compile per width would cost more than it saves. ``bf16``: under bfloat16
+    autocast, channels-last, where the digit engine serves bf16 (2.3 times as fast on a 2-core
+    AVX512-BF16 CPU)."""
 
-    def __init__(self, model: nn.Module, *, batch: int = 32, pad_to: int = 32) -> None:
+    def __init__(self, model: nn.Module, *, batch: int = 32, pad_to: int = 32, bf16: bool = False) -> None:
         self.model = model.eval()
         self.batch = batch
         self.pad_to = pad_to
+        self.bf16 = bf16
         self.device = next(model.parameters()).device
 
-    def to(self, device: torch.device) -> SequenceReader:
-        return SequenceReader(self.model.to(device), batch=self.batch, pad_to=self.pad_to)
+    def to(self, device: torch.device, *, bf16: bool = False) -> SequenceReader:
+        model = self.model.to(device)
+        if bf16 or device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        return SequenceReader(model, batch=self.batch, pad_to=self.pad_to, bf16=bf16)
 
     @torch.no_grad()
     def log_probs(self, lines: list[LineInput]) -> list[torch.Tensor]:
@@ -218,9 +224,11 @@ class SequenceReader:
             x = np.full((len(idx), 1, HEIGHT, width), PAPER, np.float32)
             for row, i in enumerate(idx):
                 x[row, :, :, : lines[i].width] = lines[i].x
-            logits = self.model(torch.from_numpy(x).to(self.device)).float().log_softmax(-1).cpu()
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                logits = self.model(torch.from_numpy(x).to(self.device))
+            scores = logits.float().log_softmax(-1).cpu()
             for row, i in enumerate(idx):
-                out[i] = logits[row]
+                out[i] = scores[row]
         return out
 
     def read(self, images: Sequence[np.ndarray]) -> list[FieldReading | ImageError]:

@@ -285,6 +285,7 @@ def retrain_cost(s: Stack, images: np.ndarray, labels: np.ndarray, data_root: Pa
         "after": summary.get("after"),
         "replay": summary.get("replay"),
         "phase_seconds": summary.get("phase_seconds"),
+        "mix": summary.get("mix"),
     }
 
 

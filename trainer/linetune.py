@@ -45,13 +45,13 @@ log = logging.getLogger(__name__)
 
 BATCH = 16  # lines per step; INKQ_RETRAIN_LINE_STEPS steps (120: about 40 s on 2 CPU cores)
 LEARNING_RATE = 3e-4  # a third of training's peak: the reader already reads; it adapts
-REPLAY_PER_FIELD = 3  # generated lines per labelled field, so the reader does not forget
+REPLAY_PER_FIELD = 6  # generated lines per labelled field, so the reader does not forget
 MIN_REPLAY = 200
-GUARD_FIELDS = 100  # generated free fields from kept-out digits: the reader must not get worse there
+GUARD_FIELDS = 200  # generated free fields from kept-out digits: the reader must not get worse there
 GUARD_SEED = 41  # distinct from the publish gate's and the benchmark's field seeds
 SELECT_SEED = 43  # the fields the mixing weight is chosen on: never the guard's
 MIX_GRID = (1.0, 0.8, 0.65, 0.5, 0.35, 0.25)
-GUARD_TOLERANCE = 2.0  # points of exact generated free fields a candidate may lose (two fields of 100)
+GUARD_TOLERANCE = 2.0  # points of exact generated free fields a candidate may lose (four fields of 200)
 KEPT_OUT = 1000  # training digits `python -m trainer.sequence` keeps out of its fields (its --val-size)
 
 

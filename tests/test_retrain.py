@@ -69,7 +69,7 @@ def test_retrain_promotes_rejects_and_rolls_back(
     phases = good["phase_seconds"]  # every step named, and together they are the run
     steps = ["prepare", "score_before", "train", "mix_and_calibrate", "score_after", "line_reader"]
     steps += ["bf16_agreement", "publish"]
-    assert list(phases) == steps
+    assert set(phases) == set(steps)  # the JSON's keys come sorted
     assert sum(phases.values()) <= good["seconds"] + 0.1 and phases["train"] > 0
     listed = versions(env)
     assert listed["current"] == good["version"] == "v2"

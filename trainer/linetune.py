@@ -32,7 +32,7 @@ import torch
 from bench.synth import STYLES, render_field
 from config.errors import ImageError
 from config.settings import Settings
-from recognizer import artifact, scan
+from recognizer import artifact
 from recognizer.decoding import decode_colour
 from recognizer.sequence import build, line_input
 from storage.labels import Labels, Sample
@@ -68,8 +68,7 @@ class LineOutcome:
 def _as_line(data: bytes, settings: Settings) -> tuple[np.ndarray, str]:
     crop = decode_colour(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
     line = line_input(crop, settings.max_image_pixels)
-    ink = line.x[0] * scan.MNIST_STD + scan.MNIST_MEAN
-    return np.clip(np.round(ink * 255), 0, 255).astype(np.uint8), line.layout
+    return sequence.as_ink(line), line.layout
 
 
 def labelled_lines(labels: Labels, samples: list[Sample], settings: Settings) -> sequence.Lines:
@@ -105,9 +104,7 @@ def _generated(root: Path, seed: int) -> sequence.Lines:
     out = sequence.Lines([], [], [])
     for i in range(GUARD_FIELDS):
         f = render_field(pool, (seed, i), STYLES["free"])
-        line = line_input(f.image)
-        ink = line.x[0] * scan.MNIST_STD + scan.MNIST_MEAN
-        out.ink.append(np.clip(np.round(ink * 255), 0, 255).astype(np.uint8))
+        out.ink.append(sequence.as_ink(line_input(f.image)))
         out.texts.append(f.text)
         out.kinds.append("free")
     return out

@@ -31,12 +31,12 @@ from safetensors.torch import load_file, save_file
 from bench.synth import STYLES, DigitPool, FieldStyle, render_field
 from config.settings import load_settings
 from recognizer import scan
-from recognizer.sequence import BLANK, HEIGHT, SequenceNet, best_path, build, frames, line_input
+from recognizer.sequence import BLANK, HEIGHT, LineInput, SequenceNet, best_path, build, frames, line_input
 from trainer import seqpublish
 from trainer.data import load_raw, validation_order
 from trainer.registry_cli import registry_for
 
-__all__ = ["Lines", "digit_pool", "evaluate", "generate", "train"]
+__all__ = ["Lines", "as_ink", "digit_pool", "evaluate", "generate", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,13 @@ def _one(job: tuple[int, int]) -> tuple[np.ndarray, str, str] | None:
         line = line_input(field.image)
     except Exception:  # a field whose ink the reader cannot find teaches nothing
         return None
+    return as_ink(line), field.text, field.kind
+
+
+def as_ink(line: LineInput) -> np.ndarray:
+    """A prepared line as the uint8 ink ``Lines`` keep (the network's input, un-normalised)."""
     ink = line.x[0] * scan.MNIST_STD + scan.MNIST_MEAN
-    return np.clip(np.round(ink * 255), 0, 255).astype(np.uint8), field.text, field.kind
+    return np.clip(np.round(ink * 255), 0, 255).astype(np.uint8)
 
 
 def _cumulative() -> list[tuple[float, FieldStyle]]:

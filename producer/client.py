@@ -167,7 +167,7 @@ class Client:
         token = uuid.uuid4().hex
         job = self.lifecycle.begin(items, self.settings.chunk_size, meta, token)
         plan = (len(items), self.settings.chunk_size, set[int]())
-        sent = self._queue(job, token, plan, wait_for_room, room_timeout, started)
+        sent = self._queue(job, token, plan, wait_for_room, room_timeout, started, fresh=items)
         return SubmitReport(job, len(items), stored, rejected, sent)
 
     def resume(
@@ -193,33 +193,49 @@ class Client:
         wait: bool,
         timeout: float | None,
         started: Callable[[str, int], None] | None,
+        fresh: list[tuple[int, str, str]] | None = None,
     ) -> int:
         """Send every chunk of ``plan`` (total, chunk size, chunks already queued) not yet queued,
         recording each; the job's lease is renewed as it goes and freed on any exit, so an
-        interrupted submit can be resumed at once."""
+        interrupted submit can be resumed at once.
+
+        ``fresh``: the items of a job begun just now. Its chunks are cut from them rather than
+        read back, and unless ``started`` told someone the job's id (who could have cancelled it
+        since), its first chunk goes without renewing the lease taken a moment ago: a
+        single-image job costs four round trips and the message, not a dozen."""
         total, chunk, done = plan
+        todo = [c for c in range(-(-total // chunk)) if c not in done]
         sent = 0
-        chunks = range(-(-total // chunk))
+        finished = False
         try:
             if started:
                 started(job, total)
-            for number in (c for c in chunks if c not in done):
-                self.lifecycle.hold(job, token)  # stops here if the job was cancelled meanwhile
+            for number in todo:
+                if fresh is None or sent or started is not None:
+                    self.lifecycle.hold(job, token)  # stops here if the job was cancelled meanwhile
                 try:
                     self._wait_for_room(wait, timeout, keep=lambda: self.lifecycle.hold(job, token))
                 except QueueFullError as exc:
-                    left = len(chunks) - len(done) - sent
+                    left = len(todo) - sent
                     raise QueueFullError(
-                        f"{exc}; job {job} is left with {left} of {len(chunks)} messages unsent: "
+                        f"{exc}; job {job} is left with {left} of {-(-total // chunk)} messages unsent: "
                         f"run `producer submit --resume {job}` to queue them"
                     ) from exc
-                items = self.jobs.manifest.items(job, number * chunk, (number + 1) * chunk)
+                span = (number * chunk, (number + 1) * chunk)
+                items = fresh[span[0] : span[1]] if fresh is not None else self.jobs.manifest.items(job, *span)
                 queue.enqueue(self.app, job, items, self.priority)
-                self.lifecycle.queued(job, number)
                 sent += 1
-            self.lifecycle.submitted(job, token)
+                if number == todo[-1]:
+                    self.lifecycle.queued_last(job, number, token)
+                    finished = True
+                else:
+                    self.lifecycle.queued(job, number)
+            if not finished:  # a resume that found every chunk queued already
+                self.lifecycle.submitted(job, token)
+                finished = True
         finally:
-            self.lifecycle.release(job, token)
+            if not finished:
+                self.lifecycle.release(job, token)
         return sent
 
     def _read(self, found: Found) -> bytes | str:

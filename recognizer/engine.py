@@ -127,6 +127,7 @@ class Engine:
         self.compiled = False
         self.cuda_graphs = compile and cuda_graphs and self.device.type == "cuda"
         self.warm_seconds = 0.0
+        self.bucket_ms: dict[int, float] = {}  # measured by warm()
         # Why compilation failed and this engine serves eagerly (None: it did not fail).
         self.compile_error: str | None = None
         self.source = "eager"  # how the model runs: eager, compiled (torch.compile) or aot (packages)
@@ -165,7 +166,8 @@ class Engine:
         kind = ("compiled + CUDA graphs" if self.cuda_graphs else "compiled") if self.compiled else "eager"
         kind = "AOT-compiled (packages)" if self.source == "aot" else kind
         lines = ", free fields by sequence network" if self.sequence is not None else ""
-        return f"{kind} {self.precision} on {self.device}, buckets {list(self.buckets)}{lines}"
+        costs = f" ({'/'.join(f'{ms:.1f}' for ms in self.bucket_ms.values())} ms)" if self.bucket_ms else ""
+        return f"{kind} {self.precision} on {self.device}, buckets {list(self.buckets)}{costs}{lines}"
 
     def warm(self) -> float:
         """Run every bucket once so no request pays for a compile; returns seconds taken.
@@ -190,8 +192,23 @@ class Engine:
                 log.warning("torch.compile failed (%s); serving the eager model instead", self.compile_error)
                 self._forward, self.compiled, self.cuda_graphs, self.source = self.model, False, False, "eager"
                 return self.warm() + (time.perf_counter() - start)
+        self.bucket_ms = self._time_buckets()
         self.warm_seconds = time.perf_counter() - start
         return self.warm_seconds
+
+    def _time_buckets(self) -> dict[int, float]:
+        """Milliseconds one batch of each bucket takes, warm (the better of two runs): what the
+        batcher weighs when a backlog lies just above a bucket (worker/batcher.py, ``split_plan``)."""
+        costs = {}
+        for size in self.buckets:
+            dummy = torch.zeros(size, 1, 28, 28)
+            runs = []
+            for _ in range(2):
+                began = time.perf_counter()
+                self._run(dummy)
+                runs.append((time.perf_counter() - began) * 1000)
+            costs[size] = min(runs)
+        return costs
 
     def bucket_for(self, n: int) -> int:
         for size in self.buckets:

@@ -31,16 +31,18 @@ class Lifecycle:
         self.manifest = jobs.manifest
         self._cancel = script(jobs.redis, "cancel_items.lua")
         self._set_state = script(jobs.redis, "set_state.lua")
+        self._submit_done = script(jobs.redis, "submit_done.lua")
 
     def begin(self, items: Sequence[Item], chunk: int, meta: dict[str, Any] | None, token: str) -> str:
         """A ``submitting`` job with its manifest, leased to the submitter holding ``token``.
 
-        The manifest is written first: a job never exists without its full list of items.
+        The manifest is written first: a job never exists without its full list of items. A job
+        of up to one manifest page is written in the same transaction (one round trip).
         """
         job = uuid.uuid4().hex
-        self.manifest.write(job, items)
-        fields = job_fields(len(items), meta, JobState.SUBMITTING) | {"chunk": chunk}
         pipe = self.redis.pipeline(transaction=True)
+        self.manifest.write(job, items, into=pipe if len(items) <= PAGE else None)
+        fields = job_fields(len(items), meta, JobState.SUBMITTING) | {"chunk": chunk}
         pipe.hset(self.keys.job(job), mapping=fields)
         pipe.expire(self.keys.job(job), self.jobs.ttl_s)
         pipe.set(self.keys.job_lease(job), token, px=int(self.jobs.lease_s * 1000))
@@ -79,6 +81,13 @@ class Lifecycle:
     def queued(self, job: str, chunk: int) -> None:
         """Chunk ``chunk``'s message is sent: record it, so no resume sends it again."""
         self.manifest.mark_queued(job, chunk)
+
+    def queued_last(self, job: str, chunk: int, token: str) -> None:
+        """``queued`` for the last chunk, then ``submitted``, in one round trip."""
+        self._submit_done(
+            keys=[self.keys.job_queued(job), self.keys.job(job), self.keys.job_lease(job)],
+            args=[chunk, self.jobs.ttl_s, JobState.SUBMITTING.value, JobState.QUEUED.value, token],
+        )
 
     def submitted(self, job: str, token: str) -> None:
         """Every message is queued: ``submitting`` becomes ``queued`` (unless cancelled meanwhile)."""

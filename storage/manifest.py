@@ -32,17 +32,23 @@ class Manifest:
         self.keys = keys
         self.ttl_s = ttl_s
 
-    def write(self, job: str, items: Sequence[Item]) -> None:
-        """Record every item, in index order (the job itself is created afterwards)."""
+    def write(self, job: str, items: Sequence[Item], into: redis.client.Pipeline | None = None) -> None:
+        """Record every item, in index order (the job itself is created afterwards).
+
+        ``into``: a transaction to add the commands to, for a manifest of one page (a small job
+        is then created in one round trip); a longer one is written a page per round trip."""
         key = self.keys.job_items(job)
+        if into is not None and len(items) > PAGE:
+            raise ValueError(f"a manifest written into a transaction holds at most {PAGE} items")
         for start in range(0, len(items), PAGE):
             page = items[start : start + PAGE]
             if any(index != start + i for i, (index, _, _) in enumerate(page)):
                 raise ValueError("manifest items must be numbered 0, 1, 2, ... in order")
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = into if into is not None else self.redis.pipeline(transaction=False)
             pipe.rpush(key, *(json.dumps([digest, path]) for _, digest, path in page))
             pipe.expire(key, self.ttl_s)
-            pipe.execute()
+            if into is None:
+                pipe.execute()
 
     def items(self, job: str, start: int, stop: int) -> list[Item]:
         """Items ``start`` to ``stop - 1`` (fewer if the manifest is shorter, none if it is gone)."""

@@ -97,6 +97,41 @@ def test_cancel_during_submit_stops_queueing(redis_url: str, mnist_test: MnistAr
     assert queue.depth(client.redis, client.settings) == 0
 
 
+def test_a_one_message_job_is_queued_in_a_few_round_trips(
+    redis_url: str, mnist_test: MnistArrays, tmp_path: Path
+) -> None:
+    write_digits(tmp_path / "scans", mnist_test[0][:2], mnist_test[1][:2])
+    files = sorted(str(p) for p in (tmp_path / "scans").rglob("*.png"))
+    client = Client(Settings(redis_url=redis_url))
+    client.submit(files[:1])  # connections and scripts loaded
+    client.redis.config_resetstat()
+    job = client.submit(files[1:2]).job
+    calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in client.redis.info("commandstats").items()}
+    assert "lrange" not in calls  # the chunk is cut from the items in hand, not read back
+    assert calls["multi"] == 1 and calls["evalsha"] == 1  # job and manifest in one; the end in one
+    assert sum(calls.values()) <= 24, calls  # 28 before (and 4 more with task events on)
+    status = client.status(job)
+    assert (status.state, status.total) == (JobState.QUEUED, 1)
+    assert not client.redis.exists(client.keys.job_lease(job))
+    assert client.jobs.manifest.queued(job) == {0} and client.jobs.manifest.length(job) == 1
+    assert queue.depth(client.redis, client.settings) == 2
+
+
+def test_ending_a_submit_leaves_a_cancel_and_another_submitters_lease(redis_url: str) -> None:
+    client = Client(Settings(redis_url=redis_url))
+    life = client.lifecycle
+    cancelled = life.begin([(0, "d" * 64, "a.png")], 1, None, "mine")
+    life.cancel(cancelled)
+    life.queued_last(cancelled, 0, "mine")
+    assert client.status(cancelled).state is JobState.CANCELLED  # a cancel wins
+    assert not client.redis.exists(client.keys.job_lease(cancelled))  # our own lease is freed
+    taken = life.begin([(0, "d" * 64, "a.png")], 1, None, "mine")
+    client.redis.set(client.keys.job_lease(taken), "theirs")  # another submitter took over
+    life.queued_last(taken, 0, "mine")
+    assert client.redis.get(client.keys.job_lease(taken)) == b"theirs"
+    assert client.redis.hget(client.keys.job(taken), "state") == b"queued"
+
+
 def test_cancelled_job_ignores_later_results(redis_url: str) -> None:
     client = Client(Settings(redis_url=redis_url))
     jobs = client.jobs

@@ -53,7 +53,11 @@ class WorkerMetrics:
             "inkq_batch_size_images", "Images per model batch.", buckets=BATCH_SIZE_BUCKETS, registry=r
         )
         self.batch_flushes = Counter(
-            "inkq_batch_flushes", "Batches flushed, by why: full, deadline or stop.", ["reason"], registry=r
+            "inkq_batch_flushes",
+            "Batches flushed, by why: full, deadline, stop, or split (a backlog just above a bucket runs "
+            "a full smaller one first).",
+            ["reason"],
+            registry=r,
         )
         self.queue_wait = Histogram(
             "inkq_queue_wait_seconds",

@@ -33,7 +33,7 @@ from storage.jobs import ItemResult, Jobs
 from storage.keys import Keys
 from storage.priority import Priority
 from storage.registry import Registry
-from worker.batcher import Batcher
+from worker.batcher import Batcher, split_plan
 from worker.batchrun import run_batch
 from worker.fieldwork import ReadSpecs, field_key, field_result
 from worker.metrics import WorkerMetrics
@@ -62,6 +62,7 @@ class Replica:
         self.engine = self._build(None)
         self.warm_s = self.engine.warm_seconds
         max_batch = min(settings.max_batch, self.engine.max_batch)
+        self.plan = split_plan(self.engine.bucket_ms, max_batch)  # redone when the engine changes
         flushes = self.metrics.batch_flushes
         self.batcher: Batcher[str, Served] = Batcher(
             self._run,
@@ -69,6 +70,7 @@ class Replica:
             max_wait_s=settings.max_wait_ms / 1000,
             name="inkq-model",
             on_flush=lambda reason: flushes.labels(reason=reason).inc(),
+            size_for=lambda n: self.plan[n],
         )
         self.prep = self._preprocessor()
         self.last_beat_ok = time.monotonic()
@@ -205,6 +207,7 @@ class Replica:
         if self.registry.current() != version:
             log.info("model %s is no longer current; staying on %s", version, self.engine.version)
             return False
+        self.plan = split_plan(engine.bucket_ms, self.batcher.max_batch)
         old, self.engine, self.serving = self.engine, engine, self._built
         self.metrics.swaps.inc()
         self.metrics.serving(engine.version, engine.warm_seconds)

@@ -22,15 +22,24 @@ __all__ = ["WorkerProcess", "start_worker", "stop"]
 
 
 def start_worker(
-    env: dict[str, str], name: str, log: Path, *, app: str = "worker", extra: tuple[str, ...] = (), timeout: float = 600
+    env: dict[str, str],
+    name: str,
+    log: Path,
+    *,
+    app: str = "worker",
+    extra: tuple[str, ...] = (),
+    timeout: float = 600,
+    loglevel: str = "info",
 ) -> subprocess.Popen[bytes]:
     """`celery -A worker worker -n NAME` as a subprocess, returned once it has announced itself
     ready (model loaded, compiled and warmed). ``app`` and ``extra`` serve the benchmark's baseline
-    and the tests' instrumented workers."""
+    and the tests' instrumented workers. ``loglevel``: info lets tests read what the worker did;
+    the benchmarks run at warning, as a worker started without ``--loglevel`` does (Celery logs
+    two lines per message at info, which a single-image job pays for)."""
     client = connect(env["INKQ_REDIS_URL"])
     ready_list = Keys(env.get("INKQ_KEY_PREFIX", "inkq")).workers_ready
     log.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "celery", "-A", app, "worker", "-n", name, "--loglevel", "info"]
+    command = [sys.executable, "-m", "celery", "-A", app, "worker", "-n", name, "--loglevel", loglevel]
     command += ["--without-gossip", "--without-mingle", *extra]
     with log.open("wb") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)

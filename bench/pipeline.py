@@ -231,13 +231,14 @@ def latency(s: Stack, files: list[str], *, rate: float, count: int, **worker: st
 
 
 def settled(client: Client, node: str, timeout_s: float = 600) -> workers.WorkerState | None:
-    """The worker's state once its background AOT package build (after a cold start) is over,
-    so that a measurement sees a worker in its steady state, not one sharing the cores with a
-    compiler."""
+    """The worker's state once its background work after the start is over (the AOT package
+    build after a cold start, the compile beside the packages after a warm one), so that a
+    measurement sees a worker in its steady state, not one sharing the cores with a compiler."""
     state = workers.read(client.redis, client.keys, node)
     deadline = time.monotonic() + timeout_s
     pause = threading.Event()
-    while state is not None and str(state.packages).startswith("building") and time.monotonic() < deadline:
+    busy = ("building", "compiling")
+    while state is not None and str(state.packages).startswith(busy) and time.monotonic() < deadline:
         pause.wait(1.0)  # the heartbeat that reports the build comes every few seconds
         state = workers.read(client.redis, client.keys, node)
     return state

@@ -43,7 +43,9 @@ class WorkerState:
     refused: dict[str, str] = field(default_factory=dict)  # versions it would not switch to, and why
     compile_fallback: str | None = None  # why torch.compile failed, when it serves eager instead
     engine_source: str = ""  # aot (loaded AOT packages), compiled (torch.compile) or eager
-    packages: str | None = None  # its background build of AOT packages: building, built or failed
+    # Its background build of AOT packages (building, built or failed) or, after a start from
+    # them, its compile beside them (compiling, switched ..., kept ..., failed: worker/upgrade.py).
+    packages: str | None = None
     preprocess_workers: int = 0  # processes preparing its batches (0: the model's thread)
     swept_at: float | None = None  # when its sweeper thread last ran: swept, or found another worker's sweep
     sweep_error: str | None = None  # why its last sweep failed (None when it worked)

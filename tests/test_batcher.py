@@ -143,9 +143,8 @@ COSTS = {1: 3.1, 8: 5.3, 32: 13.7, 128: 49.4}
 
 def test_split_plan_runs_a_full_smaller_bucket_when_that_clears_the_backlog_sooner() -> None:
     plan = split_plan(COSTS, 128)
-    assert [plan[n] for n in (1, 5, 8, 32, 128)] == [1, 5, 8, 32, 128]  # a bucket's worth runs whole
-    assert plan[9] == 8  # 8 then 1 (5.3 + 3.1 ms) rather than 9 padded to 32 (13.7 ms)
-    assert plan[33] == 32 and plan[40] == 32
+    assert [plan[n] for n in (1, 2, 5, 8, 9, 32, 128)] == [1, 2, 5, 8, 9, 32, 128]  # small backlogs whole
+    assert plan[33] == 32 and plan[40] == 32  # 32 then the rest, rather than padded to 128 (49.4 ms)
 
     def run(k: int) -> float:
         return BATCH_OVERHEAD_MS + COSTS[min(b for b in COSTS if b >= k)]

@@ -58,6 +58,13 @@ def eager(model: torch.nn.Module) -> Engine:
     return Engine(model, precision="fp32", buckets=(1, 4, 8), compile=False, temperature=1.5)
 
 
+def test_warming_times_every_bucket(compiled: Engine) -> None:
+    # What the batcher weighs when a backlog lies just above a bucket (worker/batcher.py).
+    assert sorted(compiled.bucket_ms) == list(compiled.buckets)
+    assert all(ms > 0 for ms in compiled.bucket_ms.values())
+    assert " ms)" in compiled.describe()
+
+
 def test_compiled_bucketed_logits_equal_eager(compiled: Engine, eager: Engine, mnist_test: MnistArrays) -> None:
     x = digits(mnist_test, 8)
     assert torch.allclose(compiled.logits(x), eager.logits(x), atol=1e-3, rtol=1e-3)

@@ -17,6 +17,7 @@ from recognizer.engine import Engine
 from storage.registry import VersionInfo
 from tests.models import untrained_weights as weights
 from tests.models import version_meta as meta
+from worker.batchrun import MISSING_IMAGE
 from worker.replica import Replica
 from worker.versions import MAX_RETRY_S, Refusals, is_transient
 
@@ -124,3 +125,36 @@ def test_eager_fallback_is_in_the_heartbeat(replica: Replica) -> None:
     assert not engine.compiled
     replica.engine = engine
     assert heartbeat(replica)["compile_fallback"] == "RuntimeError: inductor: no C compiler found"
+
+
+def test_a_start_from_packages_switches_to_the_engine_compiled_beside_them(replica: Replica) -> None:
+    # worker/upgrade.py: the packages serve first; the compiled engine takes over when it is warm,
+    # only while the version it was compiled for still serves.
+    replica.engine.source = "aot"  # as if started from packages
+    first = replica.engine
+    compiled = Engine(network.build(), compile=False, buckets=(1,), precision="fp32", version="v1")
+    compiled.source = "compiled"
+    replica.upgrade.start("v1", lambda: compiled, lambda e: replica._adopt(e, ("v1", "another sha")))
+    assert replica.upgrade.done.wait(30) and replica.engine is first  # another version's compile: ignored
+    assert replica.upgrade.status == "v1 no longer serving"
+    replica.upgrade.start("v1", lambda: compiled, lambda e: replica._adopt(e, replica.serving))
+    assert replica.upgrade.done.wait(30) and replica.engine is compiled
+    assert heartbeat(replica)["packages"] == "switched v1 to the compiled engine"
+    ((served, _),) = [f.result(timeout=30) for f in replica.batcher.submit(["no such image"])]
+    assert served.error == MISSING_IMAGE  # and the batcher goes on serving, now on the new engine
+
+
+def test_a_failed_compile_beside_the_packages_keeps_them(replica: Replica) -> None:
+    replica.engine.source = "aot"
+    first = replica.engine
+
+    def broken() -> Engine:
+        raise RuntimeError("inductor: no C compiler found")
+
+    replica.upgrade.start("v1", broken, lambda e: replica._adopt(e, replica.serving))
+    assert replica.upgrade.done.wait(30) and replica.engine is first
+    assert str(replica.upgrade.status).startswith("failed v1 (RuntimeError: inductor: no C compiler found")
+    eager = Engine(network.build(), compile=False, buckets=(1,), precision="fp32", version="v1")
+    replica.upgrade.start("v1", lambda: eager, lambda e: replica._adopt(e, replica.serving))
+    assert replica.upgrade.done.wait(30) and replica.engine is first  # compiling fell back to eager
+    assert str(replica.upgrade.status).startswith("kept packages for v1")

@@ -39,6 +39,7 @@ from worker.fieldwork import ReadSpecs, field_key, field_result
 from worker.metrics import WorkerMetrics
 from worker.packages import PackageBuilds
 from worker.results import Served, log_message, result_body
+from worker.upgrade import Upgrade
 from worker.versions import Refusals, check_preprocess, watch_announcements
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,9 @@ class Replica:
         self.registry = Registry(self.redis, self.keys)
         self.hostname = socket.gethostname()
         self.package_builds = PackageBuilds()  # AOT packages for the next start (worker/packages.py)
+        self.upgrade = Upgrade()  # a start from packages compiles beside them (worker/upgrade.py)
+        self._swap = threading.Lock()  # one engine change at a time: hot swap or upgrade
+        self._initialised = threading.Event()
         self.engine = self._build(None)
         self.warm_s = self.engine.warm_seconds
         max_batch = min(settings.max_batch, self.engine.max_batch)
@@ -86,6 +90,7 @@ class Replica:
         self._threads: list[threading.Thread] = []
         self._announced = False
         self.sweep_health: dict[str, Any] = {}  # swept_at, sweep_error: written by worker/sweeping.py
+        self._initialised.set()
 
     def _build(self, version: str | None) -> Engine:
         info, weights = self.registry.weights(version)
@@ -94,6 +99,9 @@ class Replica:
         engine.warm()
         log.info("model %s ready: %s (warmed in %.1fs)", info.version, engine.describe(), engine.warm_seconds)
         self._built = (info.version, info.sha256)
+        if engine.source == "aot":  # fast to start, slower to serve: compile beside it (worker/upgrade.py)
+            built, identity = lambda: engine_for(info, weights, self.settings, packages=None), self._built
+            self.upgrade.start(info.version, lambda: _warmed(built()), lambda e: self._adopt(e, identity))
         packages = packages_for(info, self.settings)
         if packages is not None and engine.source == "compiled" and engine.device.type == "cpu" and not engine.int8:
             dtype = str(engine.dtype).removeprefix("torch.")
@@ -207,12 +215,23 @@ class Replica:
         if self.registry.current() != version:
             log.info("model %s is no longer current; staying on %s", version, self.engine.version)
             return False
-        self.plan = split_plan(engine.bucket_ms, self.batcher.max_batch)
-        old, self.engine, self.serving = self.engine, engine, self._built
+        with self._swap:
+            self.plan = split_plan(engine.bucket_ms, self.batcher.max_batch)
+            old, self.engine, self.serving = self.engine, engine, self._built
         self.metrics.swaps.inc()
         self.metrics.serving(engine.version, engine.warm_seconds)
         log.info("switched from model %s to %s", old.version, engine.version)
         self._beat()
+        return True
+
+    def _adopt(self, engine: Engine, identity: tuple[str, str]) -> bool:
+        """Serve ``engine``, compiled beside the packages of ``identity``, if that still serves."""
+        self._initialised.wait()
+        with self._swap:
+            if self.serving != identity or self.engine.source != "aot":
+                return False
+            self.plan = split_plan(engine.bucket_ms, self.batcher.max_batch)
+            self.engine = engine
         return True
 
     def _refuse(self, version: str, sha256: str, exc: BaseException) -> bool:
@@ -258,7 +277,7 @@ class Replica:
             refused=dict(self.refused),
             compile_fallback=self.engine.compile_error,
             engine_source=self.engine.source,
-            packages=self.package_builds.status,
+            packages=self.package_builds.status or self.upgrade.status,
             preprocess_workers=self.prep.workers,
             swept_at=self.sweep_health.get("swept_at"),
             sweep_error=self.sweep_health.get("sweep_error"),
@@ -285,3 +304,8 @@ class Replica:
             workers.remove(self.redis, self.keys, self.hostname)
         except Exception:
             log.debug("could not remove worker key", exc_info=True)
+
+
+def _warmed(engine: Engine) -> Engine:
+    engine.warm()
+    return engine

@@ -169,15 +169,11 @@ def naive_baseline(s: Stack, folder: Path, truth: dict[str, int], n: int) -> dic
 
 def latency(s: Stack, files: list[str], *, rate: float, count: int, **worker: str) -> dict[str, Any]:
     """Single images submitted at a fixed rate; milliseconds from the start of `submit` to the
-    result being readable.
-
-    One thread submits on schedule. A job's end is the ``finished`` time its last result's write
-    stamps into the job (storage/write_results.lua writes both in one script, so the result is
-    readable from then on); a collector reads those stamps for every outstanding job in one
-    pipelined round trip a few times a second, so measuring costs the machine little and adds no
-    delay to what it measures, however many jobs are outstanding. (Blocking on every job's
-    completion list at once cost the load generator a round trip per job and a command whose
-    length grew with the backlog.) Every result is read back at the end."""
+    result being readable: the ``finished`` time its last result's write stamps into the job
+    (storage/write_results.lua writes both in one script). One thread submits on schedule; a
+    collector reads the stamps of every outstanding job in one pipelined round trip five times
+    a second, which costs little and delays nothing however long the backlog. Every result is
+    read back at the end."""
     with s.worker("bench-latency", **worker) as (_, node):
         submitter, collector = Client(s.settings()), Client(s.settings())
         state = settled(collector, node)

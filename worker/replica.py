@@ -16,6 +16,7 @@ it lasts (checksum, pruned weights, foreign preprocessing); see worker/versions.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -100,8 +101,8 @@ class Replica:
         log.info("model %s ready: %s (warmed in %.1fs)", info.version, engine.describe(), engine.warm_seconds)
         self._built = (info.version, info.sha256)
         if engine.source == "aot":  # fast to start, slower to serve: compile beside it (worker/upgrade.py)
-            built, identity = lambda: engine_for(info, weights, self.settings, packages=None), self._built
-            self.upgrade.start(info.version, lambda: _warmed(built()), lambda e: self._adopt(e, identity))
+            identity, compiled = self._built, functools.partial(engine_for, info, weights, self.settings, packages=None)
+            self.upgrade.start(info.version, compiled, lambda e: self._adopt(e, identity))
         packages = packages_for(info, self.settings)
         if packages is not None and engine.source == "compiled" and engine.device.type == "cpu" and not engine.int8:
             dtype = str(engine.dtype).removeprefix("torch.")
@@ -304,8 +305,3 @@ class Replica:
             workers.remove(self.redis, self.keys, self.hostname)
         except Exception:
             log.debug("could not remove worker key", exc_info=True)
-
-
-def _warmed(engine: Engine) -> Engine:
-    engine.warm()
-    return engine

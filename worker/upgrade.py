@@ -29,8 +29,9 @@ class Upgrade:
         self.done = threading.Event()
 
     def start(self, version: str, build: Callable[[], Engine], adopt: Callable[[Engine], bool]) -> None:
-        """``build()`` compiles and warms an engine; ``adopt(engine)`` switches to it and says
-        whether it did (not when another version is serving by then)."""
+        """``build()`` gives the engine to compile (this warms it, which compiles it);
+        ``adopt(engine)`` switches to it and says whether it did (not when another version is
+        serving by then)."""
         self.done.clear()
         self.status = f"compiling {version}"
         args = (version, build, adopt)
@@ -39,6 +40,7 @@ class Upgrade:
     def _run(self, version: str, build: Callable[[], Engine], adopt: Callable[[Engine], bool]) -> None:
         try:
             engine = build()
+            engine.warm()
             if engine.source != "compiled":  # the compile failed and fell back: keep the packages
                 self.status = f"kept packages for {version} (compiling gave {engine.source})"
             elif adopt(engine):

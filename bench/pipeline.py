@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from redis import Redis
 
 from bench import naive
 from bench.synth import outlined, start_worker, stop, write_digits
@@ -176,7 +177,7 @@ def latency(s: Stack, files: list[str], *, rate: float, count: int, **worker: st
     read back at the end."""
     with s.worker("bench-latency", **worker) as (_, node):
         submitter, collector = Client(s.settings()), Client(s.settings())
-        state = settled(collector, node)
+        state = settled(collector.redis, collector.keys, node)
         submitter.submit(files[:1])  # first-use costs (connections, scripts) out of the measurement
         began: dict[str, float] = {}
         latencies: dict[str, float] = {}
@@ -226,17 +227,19 @@ def latency(s: Stack, files: list[str], *, rate: float, count: int, **worker: st
     }
 
 
-def settled(client: Client, node: str, timeout_s: float = 600) -> workers.WorkerState | None:
+def settled(redis: Redis, keys: Keys, node: str, timeout_s: float = 600) -> workers.WorkerState | None:
     """The worker's state once its background work after the start is over (the AOT package
     build after a cold start, the compile beside the packages after a warm one), so that a
-    measurement sees a worker in its steady state, not one sharing the cores with a compiler."""
-    state = workers.read(client.redis, client.keys, node)
+    measurement sees a worker in its steady state, not one sharing the cores with a compiler.
+    Raises TimeoutError when the work is still going after ``timeout_s``."""
+    state = workers.read(redis, keys, node)
     deadline = time.monotonic() + timeout_s
     pause = threading.Event()
-    busy = ("building", "compiling")
-    while state is not None and str(state.packages).startswith(busy) and time.monotonic() < deadline:
+    while state is not None and str(state.packages).startswith(("building", "compiling")):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"worker {node} still {state.packages} after {timeout_s:.0f}s")
         pause.wait(1.0)  # the heartbeat that reports the build comes every few seconds
-        state = workers.read(client.redis, client.keys, node)
+        state = workers.read(redis, keys, node)
     return state
 
 
@@ -258,12 +261,7 @@ def worker_start(s: Stack, cache: Path, build_timeout_s: float = 1800) -> dict[s
         state = workers.read(redis, keys, node)
         out["cold_engine"] = state.engine_source if state else None
         ready = time.perf_counter()
-        pause = threading.Event()
-        while state is not None and str(state.packages).startswith("building"):
-            if time.perf_counter() - ready > build_timeout_s:
-                raise TimeoutError(f"AOT packages not built within {build_timeout_s}s")
-            pause.wait(1.0)  # a background build of about a minute per bucket: no need to hurry
-            state = workers.read(redis, keys, node)
+        state = settled(redis, keys, node, build_timeout_s)  # a build of about a minute per bucket
         out["packages"] = state.packages if state else None
         out["package_build_s"] = time.perf_counter() - ready
     runs: dict[str, dict[str, str]] = {"warm": {}}

@@ -127,7 +127,7 @@ class Engine:
         self.compiled = False
         self.cuda_graphs = compile and cuda_graphs and self.device.type == "cuda"
         self.warm_seconds = 0.0
-        self.bucket_ms: dict[int, float] = {}  # measured by warm()
+        self.bucket_ms: dict[int, float] = {}  # measured by warm(time_buckets=True)
         # Why compilation failed and this engine serves eagerly (None: it did not fail).
         self.compile_error: str | None = None
         self.source = "eager"  # how the model runs: eager, compiled (torch.compile) or aot (packages)
@@ -169,10 +169,12 @@ class Engine:
         costs = f" ({'/'.join(f'{ms:.1f}' for ms in self.bucket_ms.values())} ms)" if self.bucket_ms else ""
         return f"{kind} {self.precision} on {self.device}, buckets {list(self.buckets)}{costs}{lines}"
 
-    def warm(self) -> float:
+    def warm(self, *, time_buckets: bool = False) -> float:
         """Run every bucket once so no request pays for a compile; returns seconds taken.
 
-        If compilation fails, logs a warning and falls back to eager.
+        If compilation fails, logs a warning and falls back to eager. ``time_buckets`` also
+        measures each bucket's cost into ``bucket_ms`` (two more runs of each, about 0.15 s on a
+        CPU): what a worker's batcher weighs; the trainer and benchmarks have no use for it.
         """
         start = time.perf_counter()
         for size in self.buckets:
@@ -185,14 +187,15 @@ class Engine:
                 if self.source == "aot":  # a package that loaded but fails to run: compile instead
                     log.warning("AOT package failed to run (%s); compiling instead", exc)
                     self._compile()
-                    return self.warm() + (time.perf_counter() - start)
+                    return self.warm(time_buckets=time_buckets) + (time.perf_counter() - start)
                 if not self.compiled:
                     raise
                 self.compile_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
                 log.warning("torch.compile failed (%s); serving the eager model instead", self.compile_error)
                 self._forward, self.compiled, self.cuda_graphs, self.source = self.model, False, False, "eager"
-                return self.warm() + (time.perf_counter() - start)
-        self.bucket_ms = self._time_buckets()
+                return self.warm(time_buckets=time_buckets) + (time.perf_counter() - start)
+        if time_buckets:
+            self.bucket_ms = self._time_buckets()
         self.warm_seconds = time.perf_counter() - start
         return self.warm_seconds
 

@@ -48,7 +48,7 @@ def compiled(model: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -
         cache_dir=tmp_path_factory.mktemp("cache"),
         temperature=1.5,
     )
-    engine.warm()
+    engine.warm(time_buckets=True)
     assert engine.compiled, "torch.compile fell back to eager"
     return engine
 

@@ -39,7 +39,7 @@ from worker.batchrun import run_batch
 from worker.fieldwork import ReadSpecs, field_key, field_result
 from worker.metrics import WorkerMetrics
 from worker.packages import PackageBuilds
-from worker.results import Served, log_message, result_body
+from worker.results import Served, log_message, result_body, served_body
 from worker.upgrade import Upgrade
 from worker.versions import Refusals, check_preprocess, watch_announcements
 
@@ -97,7 +97,7 @@ class Replica:
         info, weights = self.registry.weights(version)
         check_preprocess(info)
         engine = engine_for(info, weights, self.settings)
-        engine.warm()
+        engine.warm(time_buckets=True)  # the batcher's split plan weighs them
         log.info("model %s ready: %s (warmed in %.1fs)", info.version, engine.describe(), engine.warm_seconds)
         self._built = (info.version, info.sha256)
         if engine.source == "aot":  # fast to start, slower to serve: compile beside it (worker/upgrade.py)
@@ -142,22 +142,11 @@ class Replica:
         futures = self.batcher.submit([field_key(d) if is_field else d for _, d, _ in ready], priority.rank)
         outputs = self.batcher.gather(futures, self.settings.stall_timeout_s)
         results: list[ItemResult] = []
+        threshold = self.settings.review_threshold
         for (index, digest, path), (served, batch) in zip(ready, outputs, strict=True):
-            timings = {
-                "queue_ms": queue_ms,
-                "preprocess_ms": round(served.preprocess_ms, 3),
-                "batch_wait_ms": round(batch.waited_ms, 3),
-                "model_ms": round(served.model_ms, 3),
-            }
-            body = result_body(
-                path, digest, error=served.error, served=served, batch=batch, worker=worker, timings=timings
-            )
+            body = served_body(path, digest, served, batch, queue_ms=queue_ms, worker=worker, review_below=threshold)
             if is_field:
-                body = field_result(body, served, rule, self.settings.review_threshold)
-            else:
-                body["review"] = served.prediction is not None and (
-                    served.prediction.confidence < self.settings.review_threshold
-                )
+                body = field_result(body, served, rule, threshold)
             results.append(ItemResult(job, index, body))
         clock.append(time.perf_counter())
         self.jobs.write_results(results)
@@ -216,9 +205,8 @@ class Replica:
         if self.registry.current() != version:
             log.info("model %s is no longer current; staying on %s", version, self.engine.version)
             return False
-        with self._swap:
-            self.plan = split_plan(engine.bucket_ms, self.batcher.max_batch)
-            old, self.engine, self.serving = self.engine, engine, self._built
+        old = self.engine
+        self._serve(engine, self._built)
         self.metrics.swaps.inc()
         self.metrics.serving(engine.version, engine.warm_seconds)
         log.info("switched from model %s to %s", old.version, engine.version)
@@ -228,11 +216,18 @@ class Replica:
     def _adopt(self, engine: Engine, identity: tuple[str, str]) -> bool:
         """Serve ``engine``, compiled beside the packages of ``identity``, if that still serves."""
         self._initialised.wait()
+        return self._serve(engine, identity, only_replacing=(identity, "aot"))
+
+    def _serve(
+        self, engine: Engine, identity: tuple[str, str], only_replacing: tuple[tuple[str, str], str] | None = None
+    ) -> bool:
+        """Switch to ``engine`` (of version ``identity``) at the next batch; with ``only_replacing``
+        (identity, source), only if the engine serving now is still that one."""
         with self._swap:
-            if self.serving != identity or self.engine.source != "aot":
+            if only_replacing is not None and (self.serving, self.engine.source) != only_replacing:
                 return False
             self.plan = split_plan(engine.bucket_ms, self.batcher.max_batch)
-            self.engine = engine
+            self.engine, self.serving = engine, identity
         return True
 
     def _refuse(self, version: str, sha256: str, exc: BaseException) -> bool:

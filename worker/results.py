@@ -11,7 +11,7 @@ from recognizer.fields import FieldReading
 from recognizer.prediction import Prediction
 from worker.batcher import BatchInfo
 
-__all__ = ["Served", "log_message", "result_body"]
+__all__ = ["Served", "log_message", "result_body", "served_body"]
 
 log = logging.getLogger("worker.replica")
 
@@ -54,7 +54,10 @@ def result_body(
     batch: BatchInfo | None = None,
     worker: str = "",
     timings: dict[str, float] | None = None,
+    review_below: float = 0.0,
 ) -> dict[str, Any]:
+    """The documented single-digit result; it asks for review when the reading's confidence is
+    below ``review_below`` (worker/fieldwork.py turns it into a field's)."""
     p = served.prediction if served else None
     version = served.version if served else None
     return {
@@ -68,5 +71,27 @@ def result_body(
         "timings": timings or {},
         "batch": {"id": batch.id, "size": batch.size} if batch else None,
         "worker": worker or None,
-        "review": False,
+        "review": p is not None and p.confidence < review_below,
     }
+
+
+def served_body(
+    path: str, digest: str, served: Served, batch: BatchInfo, *, queue_ms: float, worker: str, review_below: float
+) -> dict[str, Any]:
+    """The result of an item that went through a batch, with the milliseconds of each stage."""
+    timings = {
+        "queue_ms": queue_ms,
+        "preprocess_ms": round(served.preprocess_ms, 3),
+        "batch_wait_ms": round(batch.waited_ms, 3),
+        "model_ms": round(served.model_ms, 3),
+    }
+    return result_body(
+        path,
+        digest,
+        error=served.error,
+        served=served,
+        batch=batch,
+        worker=worker,
+        timings=timings,
+        review_below=review_below,
+    )

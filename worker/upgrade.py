@@ -40,7 +40,7 @@ class Upgrade:
     def _run(self, version: str, build: Callable[[], Engine], adopt: Callable[[Engine], bool]) -> None:
         try:
             engine = build()
-            engine.warm()
+            engine.warm(time_buckets=True)  # the batcher's split plan weighs them
             if engine.source != "compiled":  # the compile failed and fell back: keep the packages
                 self.status = f"kept packages for {version} (compiling gave {engine.source})"
             elif adopt(engine):

@@ -90,3 +90,13 @@ class RegistryConflictError(ModelError):
 
 class PreprocessMismatchError(ModelError):
     """A model version was trained with a preprocessing this code does not implement."""
+
+
+class NoImagesError(InkqError):
+    """Nothing submittable was found under the given paths."""
+
+
+class QueueFullError(InkqError):
+    """The queue is deeper than INKQ_QUEUE_MAX_MESSAGES and the caller chose not to wait.
+
+    Raised by a submit, it leaves the job resumable and its message names the job."""

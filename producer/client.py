@@ -14,18 +14,17 @@ exactly the items still missing. ``client.cancel(job)`` ends a job early.
 from __future__ import annotations
 
 import hashlib
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from config.errors import ImageError, InkqError
+from config.errors import NoImagesError, QueueFullError
 from config.settings import Settings, load_settings
 from producer.export import export_review
 from producer.fieldopts import check_reading
-from producer.files import Found, find_images, read_capped
+from producer.files import find_images, probe_image, read_found
 from producer.labelling import Candidate, LabelError, parse_label, validate
 from recognizer import scan
 from storage import queue
@@ -37,20 +36,12 @@ from storage.lifecycle import Lifecycle
 from storage.priority import Priority
 from storage.redis_checks import check_store
 
+__all__ = ["Client", "NoImagesError", "QueueFullError", "SubmitReport", "count_candidates", "parse_label_or_raise"]
+
 # What `producer review` shows of each result marked for review.
 REVIEW_FIELDS = ("item", "digest", "label", "confidence", "top3", "text", "review_reasons", "chars")
 # Images are read, hashed and stored in groups this size: one Redis round trip per group.
 STORE_GROUP = 256
-
-
-class NoImagesError(InkqError):
-    """Nothing submittable was found under the given paths."""
-
-
-class QueueFullError(InkqError):
-    """The queue is deeper than INKQ_QUEUE_MAX_MESSAGES and the caller chose not to wait.
-
-    Raised by a submit, it leaves the job resumable and its message names the job."""
 
 
 @dataclass
@@ -107,7 +98,8 @@ class Client:
             check_reading(read)
         if resume is not None:
             return self.resume(resume, wait_for_room=wait_for_room, room_timeout=room_timeout, started=started)
-        files = ((found.path, self._read(found)) for found in find_images(paths))
+        limit = self.settings.max_image_bytes
+        files = ((found.path, read_found(found, limit)) for found in find_images(paths))
         return self.submit_blobs(
             files, {"paths": paths[:20]}, wait_for_room=wait_for_room, room_timeout=room_timeout,
             progress=progress, started=started, what=", ".join(paths), read=read,
@@ -147,8 +139,9 @@ class Client:
                 progress(len(group))
             group.clear()
 
+        limits = (self.settings.max_image_bytes, self.settings.max_image_pixels)
         for path, given in files:
-            checked = self._probe(given) if isinstance(given, bytes) else given
+            checked = probe_image(given, *limits) if isinstance(given, bytes) else given
             if isinstance(checked, str):
                 rejected.append({"path": path, "error": checked})
                 if progress:
@@ -204,7 +197,8 @@ class Client:
         since), its first chunk goes without renewing the lease taken a moment ago: a
         single-image job costs four round trips and the message, not a dozen."""
         total, chunk, done = plan
-        todo = [c for c in range(-(-total // chunk)) if c not in done]
+        chunks = -(-total // chunk)
+        todo = [c for c in range(chunks) if c not in done]
         sent = 0
         finished = False
         try:
@@ -214,11 +208,13 @@ class Client:
                 if fresh is None or sent or started is not None:
                     self.lifecycle.hold(job, token)  # stops here if the job was cancelled meanwhile
                 try:
-                    self._wait_for_room(wait, timeout, keep=lambda: self.lifecycle.hold(job, token))
+                    queue.wait_for_room(
+                        self.redis, self.settings, wait, timeout, keep=lambda: self.lifecycle.hold(job, token)
+                    )
                 except QueueFullError as exc:
                     left = len(todo) - sent
                     raise QueueFullError(
-                        f"{exc}; job {job} is left with {left} of {-(-total // chunk)} messages unsent: "
+                        f"{exc}; job {job} is left with {left} of {chunks} messages unsent: "
                         f"run `producer submit --resume {job}` to queue them"
                     ) from exc
                 span = (number * chunk, (number + 1) * chunk)
@@ -237,52 +233,6 @@ class Client:
             if not finished:
                 self.lifecycle.release(job, token)
         return sent
-
-    def _read(self, found: Found) -> bytes | str:
-        """The file's bytes (at most one past the limit, for ``_probe`` to refuse), else why not."""
-        if found.problem:
-            return found.problem
-        limit = self.settings.max_image_bytes
-        try:
-            data = read_capped(Path(found.path), limit)
-        except OSError as exc:
-            return f"cannot read file: {exc.strerror or exc}"
-        return data
-
-    def _probe(self, data: bytes) -> bytes | str:
-        """``data`` if it is a plausible image within the limits, else why not (cheap: header only).
-
-        Never raises for a file's sake: whatever a hostile file does, it comes back as a reason.
-        """
-        limit = self.settings.max_image_bytes
-        if len(data) > limit:
-            return f"file is over the limit of {limit:,} bytes (INKQ_MAX_IMAGE_BYTES)"
-        try:
-            scan.probe(data, max_bytes=limit, max_pixels=self.settings.max_image_pixels)
-        except ImageError as exc:
-            return str(exc)
-        except Exception as exc:  # defence in depth: scan promises ImageError, a reason all the same
-            return f"not a readable image ({type(exc).__name__}: {exc})"
-        return data
-
-    def _wait_for_room(self, wait: bool, timeout: float | None, keep: Callable[[], None] | None = None) -> None:
-        """Backpressure: hold off while the queue is deeper than the configured bound, calling
-        ``keep`` (which renews the submit's lease) while waiting."""
-        bound = self.settings.queue_max_messages
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.05
-        while (depth := queue.depth(self.redis, self.settings)) >= bound:
-            if not wait:
-                raise QueueFullError(
-                    f"queue holds {depth:,} messages, at the bound of {bound:,} (INKQ_QUEUE_MAX_MESSAGES); "
-                    "retry later or submit without --no-wait"
-                )
-            if deadline is not None and time.monotonic() > deadline:
-                raise QueueFullError(f"queue stayed at {depth:,} messages or more for {timeout}s")
-            time.sleep(delay)  # the queue drains at the workers' pace; nothing to block on
-            if keep:
-                keep()
-            delay = min(delay * 2, 1.0)
 
     # Labels
     def label(self, candidates: list[Candidate], source: str) -> int:

@@ -1,4 +1,5 @@
-"""Finding the images under the paths a user gives: recursive, loop-safe, never fatal."""
+"""Finding the images under the paths a user gives (recursive, loop-safe, never fatal) and
+checking each before it is stored: every refusal comes back as a reason, never an exception."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from config.errors import ImageError
+from recognizer import scan
 from recognizer.scan import SUPPORTED_SUFFIXES
 
 
@@ -29,6 +32,32 @@ def read_capped(path: Path, limit: int) -> bytes:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             raise OSError(errno.EINVAL, "not a regular file")
         return f.read(limit + 1)
+
+
+def read_found(found: Found, max_bytes: int) -> bytes | str:
+    """The file's bytes (at most one past the limit, for ``probe_image`` to refuse), else why not."""
+    if found.problem:
+        return found.problem
+    try:
+        return read_capped(Path(found.path), max_bytes)
+    except OSError as exc:
+        return f"cannot read file: {exc.strerror or exc}"
+
+
+def probe_image(data: bytes, max_bytes: int, max_pixels: int) -> bytes | str:
+    """``data`` if it is a plausible image within the limits, else why not (cheap: header only).
+
+    Never raises for a file's sake: whatever a hostile file does, it comes back as a reason.
+    """
+    if len(data) > max_bytes:
+        return f"file is over the limit of {max_bytes:,} bytes (INKQ_MAX_IMAGE_BYTES)"
+    try:
+        scan.probe(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    except ImageError as exc:
+        return str(exc)
+    except Exception as exc:  # defence in depth: scan promises ImageError, a reason all the same
+        return f"not a readable image ({type(exc).__name__}: {exc})"
+    return data
 
 
 def find_images(paths: list[str]) -> Iterator[Found]:

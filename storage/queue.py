@@ -8,11 +8,12 @@ A message carries references, never image bytes: ``(job, [[index, digest, path],
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import redis
 from celery import Celery
 
+from config.errors import QueueFullError
 from config.settings import Settings
 from storage.connection import CONNECT_TIMEOUT_S, HEALTH_CHECK_S, broker_url, tls_options
 from storage.keys import Keys
@@ -75,3 +76,30 @@ def depth(client: redis.Redis, settings: Settings) -> int:
     for key in lists(Keys(settings.key_prefix), settings.queue):
         pipe.llen(key)
     return int(sum(pipe.execute()))
+
+
+def wait_for_room(
+    client: redis.Redis,
+    settings: Settings,
+    wait: bool,
+    timeout: float | None,
+    keep: Callable[[], None] | None = None,
+) -> None:
+    """Backpressure: hold off while the queue is deeper than INKQ_QUEUE_MAX_MESSAGES, calling
+    ``keep`` (which renews a submit's lease) while waiting; QueueFullError when ``wait`` is
+    false or ``timeout`` passes."""
+    bound = settings.queue_max_messages
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.05
+    while (held := depth(client, settings)) >= bound:
+        if not wait:
+            raise QueueFullError(
+                f"queue holds {held:,} messages, at the bound of {bound:,} (INKQ_QUEUE_MAX_MESSAGES); "
+                "retry later or submit without --no-wait"
+            )
+        if deadline is not None and time.monotonic() > deadline:
+            raise QueueFullError(f"queue stayed at {held:,} messages or more for {timeout}s")
+        time.sleep(delay)  # the queue drains at the workers' pace; nothing to block on
+        if keep:
+            keep()
+        delay = min(delay * 2, 1.0)

@@ -26,16 +26,18 @@ from bench.fieldmodel import TrainedModel, engine_from, from_file, train_or_load
 from bench.synth import STYLES, Box, DigitPool, Field, load_mnist, render_field
 from bench.synth.fieldset import tile_sheet
 from config.errors import ImageError
+from config.settings import Settings
 from recognizer import scan
 from recognizer.engine import Engine
 from recognizer.fields import FieldReading, ReaderParams, read_fields
 from recognizer.layout import read_by_layout
 
-__all__ = ["Reader", "char_errors", "main", "measure", "reading_sheet", "segmented", "segmenting"]
+__all__ = ["Reader", "char_errors", "flagged", "main", "measure", "reading_sheet", "segmented", "segmenting"]
 
 # Validation and test fields never share seeds, whatever their digits.
 SEEDS = {"val": 1009, "test": 2003}
 CHUNK = 32  # fields per read_fields call, as a worker batch would hold
+REVIEW_THRESHOLD = Settings().review_threshold  # the default: what a worker marks for review
 
 
 def char_errors(truth: str, read: str) -> int:
@@ -80,19 +82,35 @@ def segmented(field: Field, reading: FieldReading | None) -> bool:
     return all(_overlap(c.box, b) >= 0.5 for c, b in zip(reading.chars, field.boxes, strict=True))
 
 
+def flagged(reading: FieldReading | None, threshold: float) -> bool:
+    """Whether a worker marks the reading for review (worker/fieldwork.py, with no field rule):
+    an error, no characters, a character less confident than ``threshold``, or the reader's
+    own doubt (its two readers disagree)."""
+    if reading is None or not reading.chars or reading.doubts:
+        return True
+    return any(c.confidence < threshold for c in reading.chars)
+
+
 def _score(kind: str, fields: list[Field], readings: list[FieldReading | None], seconds: float) -> dict[str, Any]:
     truths = [f.text for f in fields]
     texts = [r.text if r else "" for r in readings]
     chars = sum(len(t) for t in truths)
     wrong = sum(min(len(t), char_errors(t, r)) for t, r in zip(truths, texts, strict=True))
-    exact = sum(t == r for t, r in zip(truths, texts, strict=True))
+    right = [t == r for t, r in zip(truths, texts, strict=True)]
     cut = sum(segmented(f, r) for f, r in zip(fields, readings, strict=True))
+    marked = [flagged(r, REVIEW_THRESHOLD) for r in readings]
+    passed = [ok for ok, m in zip(right, marked, strict=True) if not m]
     return {
         "kind": kind,
         "fields": len(truths),
-        "exact": round(100 * exact / len(truths), 2),
+        "exact": round(100 * sum(right) / len(truths), 2),
         "chars": round(100 * (chars - wrong) / chars, 2),
         "segmented": round(100 * cut / len(truths), 2),
+        # What an operator meets: how many go to a person, how right the rest are, and how many
+        # wrong readings go through unmarked (at the default INKQ_REVIEW_THRESHOLD).
+        "review": round(100 * sum(marked) / len(truths), 2),
+        "unreviewed_exact": round(100 * sum(passed) / len(passed), 2) if passed else None,
+        "silent_errors": round(100 * (len(passed) - sum(passed)) / len(truths), 2),
         "fields_per_s": round(len(truths) / seconds, 1),
         "chars_per_s": round(chars / seconds, 1),
         "misread": [[t, r] for t, r in zip(truths, texts, strict=True) if t != r][:8],

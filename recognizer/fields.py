@@ -93,6 +93,8 @@ class FieldReading:
     confidence: float  # the product of the characters' confidences
     layout: str  # free, box or comb: what printed rules the reader found
     method: str = "segment"  # segment (cut into characters) or sequence (read as one line)
+    # Why the reader itself doubts the reading (two readers that disagree): review reasons.
+    doubts: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)

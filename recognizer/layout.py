@@ -10,7 +10,8 @@ from training digits, each is best at something:
   position takes the digit the two find most likely together (the product of their
   probabilities); two networks trained on different inputs rarely misread the same stroke the
   same way. When they disagree on the count (a rule's remnant read as a digit, a box taken for
-  a comb, a doubled character), the more confident reading stands.
+  a comb, a doubled character), the more confident reading stands. Either disagreement is a
+  doubt that sends the reading to review.
 
     readings = read_by_layout(crops, engine, engine.sequence)   # FieldReading or ImageError each
 """
@@ -63,12 +64,27 @@ def _fused_char(cell: CharReading, line: CharReading) -> CharReading:
 
 def fuse(cells: FieldReading, line: FieldReading) -> FieldReading:
     """The segmentation reading, each character weighed with the line reader's reading of the
-    same position when both found as many characters; otherwise the more confident of the two."""
-    if len(cells.chars) != len(line.chars) or not cells.chars:
+    same position when both found as many characters; otherwise the more confident of the two.
+
+    Where the two readers disagree (on the count, or on a character's top digit), the reading
+    carries that as a doubt, which sends it to review: on validation comb fields a fused digit
+    is confident even where one reader saw another (the product of a sure 7 and an unsure 2),
+    and half the wrong readings that passed unreviewed were such disagreements."""
+    if not cells.chars:
         return line if line.confidence > cells.confidence else cells
+    if len(cells.chars) != len(line.chars):
+        chosen = line if line.confidence > cells.confidence else cells
+        found = f"the readers found {len(cells.chars)} (cells) and {len(line.chars)} (line) characters"
+        return replace(chosen, doubts=(*chosen.doubts, found))
     chars = [_fused_char(c, s) for c, s in zip(cells.chars, line.chars, strict=True)]
     text = "".join(str(c.label) for c in chars)
-    return replace(cells, text=text, chars=chars, confidence=math.prod(c.confidence for c in chars), method="both")
+    doubts = tuple(
+        f"character {i + 1}: the readers disagree ({c.label} in its cell, {s.label} in the line)"
+        for i, (c, s) in enumerate(zip(cells.chars, line.chars, strict=True))
+        if c.label != s.label
+    )
+    confidence = math.prod(c.confidence for c in chars)
+    return replace(cells, text=text, chars=chars, confidence=confidence, method="both", doubts=doubts)
 
 
 def _prepare(

@@ -4,6 +4,7 @@ included), the result body, rules and review reasons, and each job's reading kep
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,15 @@ def test_a_field_no_reading_fits_goes_to_review_with_the_reason_first() -> None:
     body = field_result({}, served, FieldRule(length=(5, 5)), threshold=0.5)
     assert body["text"] == "12" and not body["rule"]["ok"]
     assert body["review_reasons"] == ["rule: 2 characters, the rule wants 5"]
+
+
+def test_the_readers_doubts_are_review_reasons() -> None:
+    served = reading((1, 0.99, [(1, 0.99)]), (7, 0.95, [(7, 0.95)]))
+    assert served.field is not None
+    doubted = Served(None, "v3", field=replace(served.field, doubts=("character 2: the readers disagree",)))
+    body = field_result({}, doubted, None, threshold=0.5)
+    assert body["text"] == "17" and body["review"]
+    assert body["review_reasons"] == ["character 2: the readers disagree"]
 
 
 def test_a_single_character_field_keeps_a_label_and_a_failed_read_keeps_its_error() -> None:

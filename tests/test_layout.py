@@ -1,5 +1,6 @@
 """Fusing the two readers of a field in cells: each position's digit is the one both readers find
-most likely together; when they disagree on the count, the more confident reading stands."""
+most likely together; when they disagree on the count, the more confident reading stands; any
+disagreement is a doubt that sends the reading to review."""
 
 from __future__ import annotations
 
@@ -37,8 +38,21 @@ def test_a_digit_outside_one_readers_top_three_is_weighed_not_vetoed() -> None:
 def test_when_the_readers_disagree_on_the_count_the_more_confident_reading_stands() -> None:
     cells = field([(8, 0.9)], [(1, 0.6)])  # a box's edge read as a 1 after the 8
     line = field([(8, 0.97)], method="sequence")
-    assert fuse(cells, line) is line
+    assert fuse(cells, line).chars == line.chars and fuse(cells, line).method == "sequence"
     sure = field([(1, 0.99)], [(2, 0.99)], [(3, 0.99)])
     doubled = field([(1, 0.9)], [(2, 0.9)], [(2, 0.6)], [(3, 0.9)], method="sequence")
-    assert fuse(sure, doubled) is sure
+    assert fuse(sure, doubled).text == "123" and fuse(sure, doubled).method == "segment"
     assert fuse(field(), field(method="sequence")).method in ("segment", "sequence")  # nothing to fuse
+
+
+def test_where_the_readers_disagree_the_reading_carries_a_doubt() -> None:
+    # A sure 7 in its cell and an unsure 2 in the line fuse to a confident 7: a person should look.
+    cells = field([(1, 0.99)], [(7, 0.99), (2, 0.01)])
+    line = field([(1, 0.98)], [(2, 0.8), (7, 0.15), (3, 0.05)], method="sequence")
+    out = fuse(cells, line)
+    assert out.text == "17" and out.chars[1].confidence > 0.8
+    assert out.doubts == ("character 2: the readers disagree (7 in its cell, 2 in the line)",)
+    agreed = fuse(cells, field([(1, 0.98)], [(7, 0.9)], method="sequence"))
+    assert agreed.doubts == ()
+    counted = fuse(field([(8, 0.9)], [(1, 0.6)]), field([(8, 0.97)], method="sequence"))
+    assert counted.doubts == ("the readers found 2 (cells) and 1 (line) characters",)

@@ -125,6 +125,7 @@ def field_result(body: dict[str, Any], served: Served, rule: FieldRule | None, t
         for i, c in enumerate(chars)
         if c["confidence"] < threshold
     ]
+    reasons.extend(reading.doubts)
     if outcome is not None and not outcome.ok:
         reasons.insert(0, f"rule: {outcome.reason}")
     body |= {

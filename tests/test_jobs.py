@@ -238,9 +238,16 @@ def test_ctrl_c_during_submit_names_the_job_to_resume(
     full = env | {"INKQ_CHUNK_SIZE": "1", "INKQ_QUEUE_MAX_MESSAGES": "2"}  # no worker: it waits for room
     # A submit that does not exit is aborted so that faulthandler prints where it was stuck.
     full |= {"PYTHONFAULTHANDLER": "1"}
-    submitter = subprocess.Popen(
-        [str(BIN / "producer"), "submit", str(tmp_path / "scans")], env=full, stderr=subprocess.PIPE, text=True
-    )
+    # Python turns SIGINT into KeyboardInterrupt only in a process that starts with its default
+    # action, and a suite run as a background job inherits it ignored (as a terminal's Ctrl-C
+    # never finds it). A handler here, unlike "ignore", is reset to the default by exec.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        submitter = subprocess.Popen(
+            [str(BIN / "producer"), "submit", str(tmp_path / "scans")], env=full, stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         wait_for(lambda: queue.depth(client.redis, client.settings) == 2, 30, "two queued messages")
         submitter.send_signal(signal.SIGINT)

@@ -31,6 +31,8 @@ from recognizer import scan
 from recognizer.engine import Engine
 from recognizer.fields import FieldReading, ReaderParams, read_fields
 from recognizer.layout import read_by_layout
+from worker.fieldwork import field_result
+from worker.results import Served
 
 __all__ = ["Reader", "char_errors", "flagged", "main", "measure", "reading_sheet", "segmented", "segmenting"]
 
@@ -83,12 +85,11 @@ def segmented(field: Field, reading: FieldReading | None) -> bool:
 
 
 def flagged(reading: FieldReading | None, threshold: float) -> bool:
-    """Whether a worker marks the reading for review (worker/fieldwork.py, with no field rule):
-    an error, no characters, a character less confident than ``threshold``, or the reader's
-    own doubt (its two readers disagree)."""
-    if reading is None or not reading.chars or reading.doubts:
+    """Whether a worker marks the reading for review, by the worker's own rules (no field rule):
+    an uncertain character or the reader's doubt; an error or an empty reading counts too."""
+    if reading is None or not reading.chars:
         return True
-    return any(c.confidence < threshold for c in reading.chars)
+    return bool(field_result({}, Served(None, None, field=reading), None, threshold)["review"])
 
 
 def _score(kind: str, fields: list[Field], readings: list[FieldReading | None], seconds: float) -> dict[str, Any]:

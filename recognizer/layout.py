@@ -70,10 +70,10 @@ def fuse(cells: FieldReading, line: FieldReading) -> FieldReading:
     carries that as a doubt, which sends it to review: on validation comb fields a fused digit
     is confident even where one reader saw another (the product of a sure 7 and an unsure 2),
     and half the wrong readings that passed unreviewed were such disagreements."""
+    chosen = line if line.confidence > cells.confidence else cells
     if not cells.chars:
-        return line if line.confidence > cells.confidence else cells
+        return chosen
     if len(cells.chars) != len(line.chars):
-        chosen = line if line.confidence > cells.confidence else cells
         found = f"the readers found {len(cells.chars)} (cells) and {len(line.chars)} (line) characters"
         return replace(chosen, doubts=(*chosen.doubts, found))
     chars = [_fused_char(c, s) for c, s in zip(cells.chars, line.chars, strict=True)]

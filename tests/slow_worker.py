@@ -29,6 +29,7 @@ _never = threading.Event()
 def _slow_run(self: worker.replica.Replica, batch: list[Any]) -> list[Any]:
     if os.environ.get("INKQ_TEST_HANG"):
         _never.wait()
+    # A slower model, not a wait for anything: the batch holds the model thread this long.
     time.sleep(float(os.environ.get("INKQ_TEST_BATCH_DELAY_S", "0")))
     return _serve(self, batch)
 

@@ -113,7 +113,7 @@ def test_gather_gives_up_on_a_stalled_model() -> None:
 
 def test_gather_waits_on_a_slow_but_live_model() -> None:
     def slow(values: list[int]) -> list[int]:
-        time.sleep(0.1)
+        time.sleep(0.1)  # a model that takes 0.1 s per batch: compute time, not synchronisation
         return values
 
     batcher: Batcher[int, int] = Batcher(slow, max_batch=1, max_wait_s=0)

@@ -156,8 +156,8 @@ class Batcher(Generic[In, Out]):
             ready = min(len(self._pending), self.max_batch)
             batch = self._pending.take(max(1, min(ready, self.size_for(ready))))
             self._running = len(batch)
-            reason = "full" if len(batch) == self.max_batch else "stop" if self._stopped else "deadline"
-            reason = "split" if len(batch) < ready else reason
+            full = len(batch) == self.max_batch
+            reason = "split" if len(batch) < ready else "full" if full else "stop" if self._stopped else "deadline"
         if self._on_flush is not None:
             self._on_flush(reason)
         return batch

@@ -216,15 +216,13 @@ class Replica:
     def _adopt(self, engine: Engine, identity: tuple[str, str]) -> bool:
         """Serve ``engine``, compiled beside the packages of ``identity``, if that still serves."""
         self._initialised.wait()
-        return self._serve(engine, identity, only_replacing=(identity, "aot"))
+        return self._serve(engine, identity, upgrade=True)
 
-    def _serve(
-        self, engine: Engine, identity: tuple[str, str], only_replacing: tuple[tuple[str, str], str] | None = None
-    ) -> bool:
-        """Switch to ``engine`` (of version ``identity``) at the next batch; with ``only_replacing``
-        (identity, source), only if the engine serving now is still that one."""
+    def _serve(self, engine: Engine, identity: tuple[str, str], upgrade: bool = False) -> bool:
+        """Switch to ``engine`` (of version ``identity``) at the next batch; an ``upgrade`` only
+        replaces the AOT packages of that same version, never what a hot swap put there since."""
         with self._swap:
-            if only_replacing is not None and (self.serving, self.engine.source) != only_replacing:
+            if upgrade and (self.serving != identity or self.engine.source != "aot"):
                 return False
             self.plan = split_plan(engine.bucket_ms, self.batcher.max_batch)
             self.engine, self.serving = engine, identity

@@ -12,7 +12,9 @@ it ends, so a run cut short keeps what it measured):
    device; agreement with eager fp32 and accuracy on the MNIST test set; compile + warm seconds;
 2. end to end with one worker (files -> `producer submit` -> Redis -> worker -> results), whose
    start with the compile cache the first part filled is the warm start;
-3. a cold worker start (empty compile cache), only if the budget has room for it.
+3. fields end to end with one worker (comb and free fields of MNIST test digits), characters/s
+   beside the single digits/s of part 2;
+4. a cold worker start (empty compile cache), only if the budget has room for it (likewise 3).
 
 The model is the registry's current version at INKQ_REDIS_URL, or a copy written with
 `--save-model DIR` and read with `--model DIR` on a machine that cannot reach the registry.
@@ -33,7 +35,7 @@ from typing import Any
 import click
 import torch
 
-from bench import common, pipeline
+from bench import common, fieldpipe, pipeline
 from bench.synth import load_mnist, write_digits
 from config.settings import load_settings
 from recognizer import artifact, network
@@ -57,6 +59,8 @@ E2E_BUCKETS = {"cuda": "1,8,64,512", "cpu": "1,8,64"}
 POOLS = {"cuda": ("0", "-1"), "cpu": ("0", "2")}
 E2E_SUMMARY = ("images_per_second", "seconds", "accuracy", "stage_ms_per_image", "worker_ready_seconds")
 COLD_START_NEEDS_S = 100  # a cold start compiles every bucket: skipped when less is left
+FIELDS = {"quick": 20, "full": 1000}  # field images for part 3: 1,000 take about 10 s to write
+FIELDS_NEEDS_S = 90  # a worker start and the fields themselves
 
 
 def variants(device: torch.device, quick: bool) -> list[tuple[str, str, bool, bool]]:
@@ -186,6 +190,14 @@ def pipeline_part(
             str(run["preprocess_workers"]): {k: run[k] for k in E2E_SUMMARY} for run in runs.values()
         }
         out["worker_start_s"] = {"warm": runs[POOLS[device.type][0]]["worker_ready_seconds"]}
+        if budget.left() > FIELDS_NEEDS_S or quick:
+            count = FIELDS["quick" if quick else "full"]
+            texts = fieldpipe.write_field_set(Path(tmp) / "fields", images, labels, count)
+            run = fieldpipe.fields_end_to_end(s, Path(tmp) / "fields", texts, compile_cache_dir=str(cache), **worker)
+            run["chars_vs_single"] = run["chars_per_second"] / out["e2e"]["images_per_second"]
+            out["fields_e2e"] = run
+        else:
+            out["fields_skipped"] = f"{budget.left():.0f}s of the budget left, fields need about {FIELDS_NEEDS_S}s"
         if budget.left() > COLD_START_NEEDS_S or quick:
             start = time.perf_counter()
             with s.worker("gpu-start-cold", compile_cache_dir=str(Path(tmp) / "cold-cache"), **worker):
@@ -223,6 +235,13 @@ def report(result: dict[str, Any]) -> str:
         for pool, run in result.get("e2e_by_preprocess_workers", {}).items():
             lines.append(f"  with {pool} preprocessing processes: {run['images_per_second']:.0f} images/s")
         lines.append(f"worker start: {result['worker_start_s']}")
+    if "fields_e2e" in result:
+        run = result["fields_e2e"]
+        exact = ", ".join(f"{k} {v:.1%}" for k, v in sorted(run["exact"].items()))
+        lines.append(
+            f"fields end to end: {run['fields']} in {run['seconds']:.1f}s, {run['chars_per_second']:.0f} characters/s "
+            f"({run['chars_vs_single']:.0%} of single digits/s); exact: {exact}; review {run['review']}"
+        )
     return "\n".join(lines)
 
 

@@ -45,6 +45,9 @@ def test_gpu_script_runs_on_the_cpu_from_a_saved_model(
     assert result["worker_start_s"]["warm"] > 0 and result["worker_start_s"]["cold"] > 0
     assert set(result["e2e_by_preprocess_workers"]) == {"0", "2"}  # the pool's processes served it
     assert "end to end, one worker: 200 images" in run.stdout
+    fields = result["fields_e2e"]  # the field reader on the same device, beside single digits
+    assert fields["fields"] == 20 and not fields["missing_or_duplicated"] and fields["errors"] == 0
+    assert fields["chars_per_second"] > 0 and "fields end to end: 20 in" in run.stdout
 
 
 def test_cuda_is_refused_with_advice_where_there_is_none(tmp_path: Path) -> None:

@@ -10,11 +10,9 @@ it ends, so a run cut short keeps what it measured):
    eager bf16, compiled bf16, compiled + CUDA graphs in bf16 and fp32) at batch 1 to 4,096, as
    served (a host tensor in, host logits out), plus the serving form with inputs already on the
    device; agreement with eager fp32 and accuracy on the MNIST test set; compile + warm seconds;
-2. end to end with one worker (files -> `producer submit` -> Redis -> worker -> results), whose
-   start with the compile cache the first part filled is the warm start;
-3. fields end to end with one worker (comb and free fields of MNIST test digits), characters/s
-   beside the single digits/s of part 2;
-4. a cold worker start (empty compile cache), only if the budget has room for it (likewise 3).
+2. then, through Redis and real workers (bench/gpuparts.py): one worker end to end by
+   preprocessing pool (its start with the compile cache part 1 filled is the warm start),
+   fields, several workers sharing the device, and a cold start, while the budget has room.
 
 The model is the registry's current version at INKQ_REDIS_URL, or a copy written with
 `--save-model DIR` and read with `--model DIR` on a machine that cannot reach the registry.
@@ -35,8 +33,7 @@ from typing import Any
 import click
 import torch
 
-from bench import common, fieldpipe, pipeline
-from bench.synth import load_mnist, write_digits
+from bench import common, gpuparts
 from config.settings import load_settings
 from recognizer import artifact, network
 from recognizer.engine import Engine, bf16_capable
@@ -51,16 +48,6 @@ log = logging.getLogger("bench.gpu")
 # Five sizes span 1 to 4,096 at a compile each per form: seven would not fit the budget.
 FULL_BUCKETS = (1, 8, 64, 512, 4096)
 QUICK_BUCKETS = (1, 8)
-# What the one worker of the end-to-end part serves: the buckets the model part compiled
-# (so its start finds them in the compile cache) up to a batch the dynamic batcher fills.
-E2E_BUCKETS = {"cuda": "1,8,64,512", "cpu": "1,8,64"}
-# Preprocessing pools the end-to-end part compares (INKQ_PREPROCESS_WORKERS; -1 is the default,
-# every core but two on a GPU host); the last is the one reported as "e2e".
-POOLS = {"cuda": ("0", "-1"), "cpu": ("0", "2")}
-E2E_SUMMARY = ("images_per_second", "seconds", "accuracy", "stage_ms_per_image", "worker_ready_seconds")
-COLD_START_NEEDS_S = 100  # a cold start compiles every bucket: skipped when less is left
-FIELDS = {"quick": 20, "full": 1000}  # field images for part 3: 1,000 take about 10 s to write
-FIELDS_NEEDS_S = 90  # a worker start and the fields themselves
 
 
 def variants(device: torch.device, quick: bool) -> list[tuple[str, str, bool, bool]]:
@@ -167,48 +154,6 @@ def model_part(
     }
 
 
-def pipeline_part(
-    info: VersionInfo, weights: bytes, device: torch.device, data_root: Path, cache: Path, quick: bool, budget: Budget
-) -> dict[str, Any]:
-    """One worker end to end (its start is the warm start), then a cold start if there is time."""
-    images, labels = load_mnist(data_root, train=False)
-    n = 200 if quick else len(images)
-    buckets = "1,8" if quick else E2E_BUCKETS[device.type]
-    worker = {"device": device.type, "buckets": buckets, "max_batch": buckets.rsplit(",", 1)[-1]}
-    worker |= {"compile": "false"} if quick and device.type == "cpu" else {"precision": "bf16"}
-    out: dict[str, Any] = {"e2e_worker_settings": worker}
-    with tempfile.TemporaryDirectory(prefix="inkq-gpu-") as tmp, pipeline.stack(info, weights, Path(tmp)) as s:
-        truth = write_digits(Path(tmp) / "digits", images[:n], labels[:n])
-        runs = {
-            pool: pipeline.end_to_end(
-                s, Path(tmp) / "digits", truth, compile_cache_dir=str(cache), preprocess_workers=pool, **worker
-            )
-            for pool in POOLS[device.type]
-        }
-        out["e2e"] = runs[POOLS[device.type][-1]]
-        out["e2e_by_preprocess_workers"] = {
-            str(run["preprocess_workers"]): {k: run[k] for k in E2E_SUMMARY} for run in runs.values()
-        }
-        out["worker_start_s"] = {"warm": runs[POOLS[device.type][0]]["worker_ready_seconds"]}
-        if budget.left() > FIELDS_NEEDS_S or quick:
-            count = FIELDS["quick" if quick else "full"]
-            texts = fieldpipe.write_field_set(Path(tmp) / "fields", images, labels, count)
-            run = fieldpipe.fields_end_to_end(s, Path(tmp) / "fields", texts, compile_cache_dir=str(cache), **worker)
-            run["chars_vs_single"] = run["chars_per_second"] / out["e2e"]["images_per_second"]
-            out["fields_e2e"] = run
-        else:
-            out["fields_skipped"] = f"{budget.left():.0f}s of the budget left, fields need about {FIELDS_NEEDS_S}s"
-        if budget.left() > COLD_START_NEEDS_S or quick:
-            start = time.perf_counter()
-            with s.worker("gpu-start-cold", compile_cache_dir=str(Path(tmp) / "cold-cache"), **worker):
-                out["worker_start_s"]["cold"] = time.perf_counter() - start
-        else:
-            out["worker_start_s"]["cold"] = None
-            out["cold_start_skipped"] = f"{budget.left():.0f}s of the budget left, a cold start needs about "
-            out["cold_start_skipped"] += f"{COLD_START_NEEDS_S}s"
-    return out
-
-
 def report(result: dict[str, Any]) -> str:
     lines = []
     table = result.get("model_only", {})
@@ -234,7 +179,6 @@ def report(result: dict[str, Any]) -> str:
         )
         for pool, run in result.get("e2e_by_preprocess_workers", {}).items():
             lines.append(f"  with {pool} preprocessing processes: {run['images_per_second']:.0f} images/s")
-        lines.append(f"worker start: {result['worker_start_s']}")
     if "fields_e2e" in result:
         run = result["fields_e2e"]
         exact = ", ".join(f"{k} {v:.1%}" for k, v in sorted(run["exact"].items()))
@@ -242,6 +186,17 @@ def report(result: dict[str, Any]) -> str:
             f"fields end to end: {run['fields']} in {run['seconds']:.1f}s, {run['chars_per_second']:.0f} characters/s "
             f"({run['chars_vs_single']:.0%} of single digits/s); exact: {exact}; review {run['review']}"
         )
+    if "shared_device" in result:
+        run = result["shared_device"]
+        lines.append(
+            f"{run['workers']} workers on the device, {run['preprocess_workers_each']} preprocessing processes each: "
+            f"{run['images_per_second']:.0f} images/s ({run['vs_one_worker']:.2f}x one worker), "
+            f"accuracy {run['accuracy']:.2%}, {run['workers_that_served']} served"
+        )
+    if "worker_start_s" in result:
+        lines.append(f"worker start: {result['worker_start_s']}")
+    for kind in ("skipped_parts", "failed_parts"):
+        lines += [f"{kind.split('_')[0]}: {name}: {why}" for name, why in result.get(kind, {}).items()]
     return "\n".join(lines)
 
 
@@ -255,7 +210,9 @@ def report(result: dict[str, Any]) -> str:
     show_default=True,
     help="Wall-clock budget: later parts shrink or are skipped (and say so) to stay inside it.",
 )
-@click.option("--parts", default="model,e2e", show_default=True, help="Comma-separated: model, e2e.")
+@click.option(
+    "--parts", default="model,e2e", show_default=True, help="Comma-separated: model, e2e (and the parts after it)."
+)
 @click.option("--model", "model_dir", type=click.Path(file_okay=False, path_type=Path), help="A --save-model copy.")
 @click.option("--save-model", type=click.Path(file_okay=False, path_type=Path), help="Save the current model; exit.")
 @click.option("--data-root", envvar="INKQ_DATA_ROOT", type=click.Path(file_okay=False, path_type=Path))
@@ -290,16 +247,18 @@ def main(
         result["seconds"] = time.time() - result["started"]
         (out / "latest.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
 
+    selected = parts.split(",")
     with tempfile.TemporaryDirectory(prefix="inkq-gpu-cache-") as cache:
-        for part, run in (("model", model_part), ("e2e", pipeline_part)):
-            if part not in parts.split(","):
-                continue
+        if "model" in selected:
             try:
-                result |= run(info, weights, dev, root, Path(cache), quick, budget)
+                result |= model_part(info, weights, dev, root, Path(cache), quick, budget)
             except Exception as exc:  # one part failing must not cost the figures of the others
-                log.exception("part %s failed", part)
-                result.setdefault("failed_parts", {})[part] = f"{type(exc).__name__}: {exc}"[:2000]
+                log.exception("part model failed")
+                result.setdefault("failed_parts", {})["model"] = f"{type(exc).__name__}: {exc}"[:2000]
             write()
+        if "e2e" in selected:
+            with gpuparts.prepared(info, weights, dev, root, Path(cache), quick) as bench:
+                gpuparts.run_parts(bench, result, budget.left, write)
     click.echo(report(result))
     click.echo(f"wrote {out / 'latest.json'} ({result['seconds']:.0f}s)")
     if result.get("failed_parts"):

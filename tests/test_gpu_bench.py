@@ -48,6 +48,8 @@ def test_gpu_script_runs_on_the_cpu_from_a_saved_model(
     fields = result["fields_e2e"]  # the field reader on the same device, beside single digits
     assert fields["fields"] == 20 and not fields["missing_or_duplicated"] and fields["errors"] == 0
     assert fields["chars_per_second"] > 0 and "fields end to end: 20 in" in run.stdout
+    shared = result["shared_device"]  # two workers on one device, both taking part
+    assert shared["images"] == 200 and not shared["missing_or_duplicated"] and shared["workers_that_served"] == 2
 
 
 def test_cuda_is_refused_with_advice_where_there_is_none(tmp_path: Path) -> None:

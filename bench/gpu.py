@@ -251,11 +251,7 @@ def main(
     selected = parts.split(",")
     with tempfile.TemporaryDirectory(prefix="inkq-gpu-cache-") as cache:
         if "model" in selected:
-            try:
-                result |= model_part(info, weights, dev, root, Path(cache), quick, budget)
-            except Exception as exc:  # one part failing must not cost the figures of the others
-                log.exception("part model failed")
-                result.setdefault("failed_parts", {})["model"] = f"{type(exc).__name__}: {exc}"[:2000]
+            gpuparts.attempt(result, "model", lambda: model_part(info, weights, dev, root, Path(cache), quick, budget))
             write()
         if "e2e" in selected:
             with gpuparts.prepared(info, weights, dev, root, Path(cache), quick) as bench:

@@ -34,7 +34,7 @@ from bench.synth import load_mnist, write_digits
 from producer.client import Client
 from storage.registry import VersionInfo
 
-__all__ = ["Bench", "prepared", "run_parts"]
+__all__ = ["Bench", "attempt", "prepared", "run_parts"]
 
 log = logging.getLogger("bench.gpu")
 
@@ -119,21 +119,15 @@ def shared(b: Bench, out: dict[str, Any]) -> dict[str, Any]:
         seconds = time.perf_counter() - start
         assert status.complete, f"shared-device run did not complete: {status}"
         rows = client.results(status.job)
-    served = {r["worker"] for r in rows if r.get("worker")}
-    return {
-        "shared_device": {
-            "workers": SHARED_WORKERS,
-            "preprocess_workers_each": pool,
-            "images": len(rows),
-            "images_per_second": len(rows) / seconds,
-            "vs_one_worker": len(rows) / seconds / out["e2e"]["images_per_second"],
-            "accuracy": sum(r["label"] == b.truth[r["item"]] for r in rows) / len(rows),
-            "errors": sum(1 for r in rows if r["error"]),
-            "missing_or_duplicated": len(rows) != len({r["item"] for r in rows}) or len(rows) != len(b.truth),
-            "workers_that_served": len(served),
-            "start_seconds_all": ready,
-        }
+    run = pipeline.tally(rows, b.truth, seconds)
+    run |= {
+        "workers": SHARED_WORKERS,
+        "preprocess_workers_each": pool,
+        "vs_one_worker": run["images_per_second"] / out["e2e"]["images_per_second"],
+        "workers_that_served": len({r["worker"] for r in rows if r.get("worker")}),
+        "start_seconds_all": ready,
     }
+    return {"shared_device": run}
 
 
 def cold(b: Bench, out: dict[str, Any]) -> dict[str, Any]:
@@ -151,6 +145,15 @@ PARTS: tuple[tuple[str, Callable[[Bench, dict[str, Any]], dict[str, Any]]], ...]
 )
 
 
+def attempt(result: dict[str, Any], name: str, part: Callable[[], dict[str, Any]]) -> None:
+    """``part``'s figures into ``result``, or why it failed: one part failing must not cost the others'."""
+    try:
+        result |= part()
+    except Exception as exc:
+        log.exception("part %s failed", name)
+        result.setdefault("failed_parts", {})[name] = f"{type(exc).__name__}: {exc}"[:2000]
+
+
 def run_parts(b: Bench, result: dict[str, Any], left: Callable[[], float], write: Callable[[], None]) -> None:
     """Every part in order into ``result``, written after each; later parts while the budget lasts."""
     for name, part in PARTS:
@@ -158,9 +161,5 @@ def run_parts(b: Bench, result: dict[str, Any], left: Callable[[], float], write
         if not b.quick and left() < needs:
             result.setdefault("skipped_parts", {})[name] = f"{left():.0f}s of the budget left, it needs about {needs}s"
             continue
-        try:
-            result |= part(b, result)
-        except Exception as exc:  # one part failing must not cost the figures of the others
-            log.exception("part %s failed", name)
-            result.setdefault("failed_parts", {})[name] = f"{type(exc).__name__}: {exc}"[:2000]
+        attempt(result, name, lambda: part(b, result))  # noqa: B023 - called at once, within the loop
         write()

@@ -116,21 +116,28 @@ def end_to_end(s: Stack, folder: Path, truth: dict[str, int], **worker: str) -> 
     }
     total = sum(per_item.values())
     sizes = Counter(r["batch"]["size"] for r in rows if r["batch"])
-    return {
-        "images": n,
-        "images_per_second": n / seconds,
-        "seconds": seconds,
+    return tally(rows, truth, seconds) | {
         "submit_seconds": submitted,
-        "accuracy": sum(r["label"] == truth[r["item"]] for r in rows) / n,
-        "errors": sum(1 for r in rows if r["error"]),
         "stage_ms_per_image": per_item,
         "stage_share": {k: v / total for k, v in per_item.items()},
         "queue_wait_ms_mean": stats.get("queue_ms", 0) / max(stats.get("messages", 1), 1),
         "batch_sizes": dict(sorted(sizes.items())),
-        "missing_or_duplicated": n != len({r["item"] for r in rows}) or n != len(truth),
         "worker_ready_seconds": ready,
         "engine": engine,
         "preprocess_workers": state.preprocess_workers if state else None,
+    }
+
+
+def tally(rows: list[dict[str, Any]], truth: dict[str, int], seconds: float) -> dict[str, Any]:
+    """What every digit run reports of its results: how many, how fast, how right, none lost."""
+    n = len(rows)
+    return {
+        "images": n,
+        "images_per_second": n / seconds,
+        "seconds": seconds,
+        "accuracy": sum(r["label"] == truth[r["item"]] for r in rows) / n,
+        "errors": sum(1 for r in rows if r["error"]),
+        "missing_or_duplicated": n != len({r["item"] for r in rows}) or n != len(truth),
     }
 
 

@@ -29,7 +29,6 @@ from recognizer.frames import Frame, find_frame
 from recognizer.ink import FAINT, Ink, deskew, find_rules, ink_maps, remove_rules
 from recognizer.prediction import Prediction
 from recognizer.segment import (
-    Piece,
     SegmentParams,
     cell_pieces,
     components,
@@ -46,12 +45,15 @@ __all__ = [
     "CharReading",
     "FieldReading",
     "Handwriting",
+    "Plan",
     "ReaderParams",
     "aligned_cuts",
     "candidates",
     "handwriting",
     "ink_box",
+    "plan_field",
     "read_fields",
+    "read_plans",
 ]
 
 Box = tuple[int, int, int, int]
@@ -108,9 +110,13 @@ class FieldReading:
 
 
 @dataclass
-class _Plan:
+class Plan:
+    """A crop's candidate characters, ready for the network (steps 1-3): what a preprocessing
+    process hands the model's thread. Only arrays the network and the search need, so it is
+    cheap to send between processes."""
+
     layout: str
-    pieces: list[Piece]
+    pieces: int  # how many pieces the search parts into characters
     spans: list[tuple[int, int]]
     inputs: list[np.ndarray]
     shape: list[tuple[float, float]]  # per span: its height and width, in text heights
@@ -161,7 +167,9 @@ def handwriting(image: np.ndarray, max_pixels: int) -> Handwriting:
     return Handwriting(ink, frame, clean, blobs)
 
 
-def _plan(image: np.ndarray, p: ReaderParams, found: Handwriting | None = None) -> _Plan:
+def plan_field(image: np.ndarray, p: ReaderParams, found: Handwriting | None = None) -> Plan:
+    """Steps 1-3 for one crop (``found``: its ``handwriting`` when the caller has it); raises
+    ``ImageError`` when the crop holds nothing to read."""
     ink, frame, clean, blobs = found or handwriting(image, p.max_pixels)
     height = text_height(blobs)
     s = p.segment
@@ -180,7 +188,7 @@ def _plan(image: np.ndarray, p: ReaderParams, found: Handwriting | None = None) 
         spans, fixed = runs(pieces, height, s), False
     if not pieces:
         raise BlankImageError("only specks of ink found: nothing the size of a character")
-    plan = _Plan(frame.kind, pieces, [], [], [], [], [], fixed)
+    plan = Plan(frame.kind, len(pieces), [], [], [], [], [], fixed)
     for q in pieces:
         plan.sizes.append(len(q.ys) / (0.05 * height * height))
     pad = 0 if np.allclose(ink.to_original, [[1, 0, 0], [0, 1, 0]]) else 1  # once per crop, not per span
@@ -198,7 +206,7 @@ def _plan(image: np.ndarray, p: ReaderParams, found: Handwriting | None = None) 
     return plan
 
 
-def _prior(plan: _Plan, k: int, p: ReaderParams) -> float:
+def _prior(plan: Plan, k: int, p: ReaderParams) -> float:
     """Span k's log-prior from its shape: a comb's cells fix the characters, so none there."""
     if plan.fixed:
         return 0.0
@@ -206,10 +214,10 @@ def _prior(plan: _Plan, k: int, p: ReaderParams) -> float:
     return -p.short_cost * max(0.0, p.short - tall) - p.wide_cost * max(0.0, wide - p.wide)
 
 
-def _best(plan: _Plan, preds: list[Prediction], p: ReaderParams) -> list[int]:
+def _best(plan: Plan, preds: list[Prediction], p: ReaderParams) -> list[int]:
     """The spans of the best reading of one field, left to right: dynamic programming over its
     pieces, where each piece is read within one span or skipped as dust."""
-    n = len(plan.pieces)
+    n = plan.pieces
     best = [-math.inf] * (n + 1)
     back: list[tuple[int, int] | None] = [None] * (n + 1)  # (previous end, span index or -1 for a skip)
     best[0] = 0.0
@@ -237,7 +245,7 @@ def _best(plan: _Plan, preds: list[Prediction], p: ReaderParams) -> list[int]:
     return sorted(chosen, key=lambda k: plan.spans[k][0])
 
 
-def _decode(plan: _Plan, preds: list[Prediction], p: ReaderParams) -> FieldReading:
+def _decode(plan: Plan, preds: list[Prediction], p: ReaderParams) -> FieldReading:
     chars = [
         CharReading(preds[k].label, preds[k].confidence, preds[k].top3, plan.boxes[k]) for k in _best(plan, preds, p)
     ]
@@ -252,7 +260,7 @@ def aligned_cuts(
     best reading's cuts, when it finds as many characters as the text has (then the i-th cut is
     the i-th character, whatever it was read as); None when the cuts cannot be trusted."""
     p = params or ReaderParams()
-    plan = _plan(image, p)
+    plan = plan_field(image, p)
     if not plan.inputs:
         return None
     chosen = _best(plan, engine.predict(plan.inputs), p)
@@ -262,7 +270,7 @@ def aligned_cuts(
 def candidates(image: np.ndarray, params: ReaderParams | None = None) -> tuple[str, list[np.ndarray], list[Box]]:
     """The layout the reader found and every candidate character it would classify: the network's
     inputs and their boxes in the crop's pixels. For cutting training characters out of fields."""
-    plan = _plan(image, params or ReaderParams())
+    plan = plan_field(image, params or ReaderParams())
     return plan.layout, plan.inputs, plan.boxes
 
 
@@ -272,19 +280,27 @@ def read_fields(
     params: ReaderParams | None = None,
     found: Sequence[Handwriting] | None = None,
 ) -> list[FieldReading | ImageError]:
-    """Each crop's reading, or the ``ImageError`` that says why it has none. Every candidate
-    character of every crop goes to the network in one ``engine.predict`` call. ``found``: each
+    """Each crop's reading, or the ``ImageError`` that says why it has none. ``found``: each
     crop's ``handwriting`` when the caller has it already."""
     p = params or ReaderParams()
-    plans: list[_Plan | ImageError] = []
+    plans: list[Plan | ImageError] = []
     for i, image in enumerate(images):
         try:
-            plans.append(_plan(image, p, found[i] if found is not None else None))
+            plans.append(plan_field(image, p, found[i] if found is not None else None))
         except ImageError as exc:
             plans.append(exc)
         except Exception as exc:  # a crop no one foresaw fails alone, with its cause named
             plans.append(ImageDecodeError(f"field could not be segmented ({type(exc).__name__}: {exc})"[:300]))
-    inputs = [x for plan in plans if isinstance(plan, _Plan) for x in plan.inputs]
+    return read_plans(plans, engine, p)
+
+
+def read_plans(
+    plans: Sequence[Plan | ImageError], engine: Predictor, params: ReaderParams | None = None
+) -> list[FieldReading | ImageError]:
+    """Steps 4-5: every candidate character of every plan to the network in one
+    ``engine.predict`` call, then each field's best reading; an error stays that crop's outcome."""
+    p = params or ReaderParams()
+    inputs = [x for plan in plans if isinstance(plan, Plan) for x in plan.inputs]
     preds = engine.predict(inputs) if inputs else []
     out: list[FieldReading | ImageError] = []
     at = 0

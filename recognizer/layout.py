@@ -24,19 +24,12 @@ from dataclasses import replace
 
 import numpy as np
 
-from config.errors import ImageDecodeError, ImageError
-from recognizer.fields import (
-    CharReading,
-    FieldReading,
-    Handwriting,
-    Predictor,
-    ReaderParams,
-    handwriting,
-    read_fields,
-)
-from recognizer.sequence import LineInput, SequenceReader, decode, line_from
+from config.errors import ImageError
+from recognizer.fieldprep import FieldInput, prepare_field
+from recognizer.fields import CharReading, FieldReading, Predictor, ReaderParams, read_plans
+from recognizer.sequence import LineInput, SequenceReader, decode
 
-__all__ = ["FUSE_FLOOR", "fuse", "read_by_layout"]
+__all__ = ["FUSE_FLOOR", "fuse", "read_by_layout", "read_prepared"]
 
 # A digit outside a reader's top 3 gets what the top 3 leave over, shared, and at least this:
 # "not among its three best" is evidence against a digit, never a veto, since both networks are
@@ -87,44 +80,50 @@ def fuse(cells: FieldReading, line: FieldReading) -> FieldReading:
     return replace(cells, text=text, chars=chars, confidence=confidence, method="both", doubts=doubts)
 
 
-def _prepare(
-    images: Sequence[np.ndarray], max_pixels: int
-) -> tuple[list[FieldReading | ImageError | None], dict[int, Handwriting]]:
-    """Steps 1-2 of reading, once per crop: its handwriting, or the error it fails with alone."""
-    out: list[FieldReading | ImageError | None] = [None] * len(images)
-    found: dict[int, Handwriting] = {}
-    for i, image in enumerate(images):
-        try:
-            found[i] = handwriting(image, max_pixels)
-        except ImageError as exc:
-            out[i] = exc
-        except Exception as exc:  # a crop no one foresaw fails alone, with its cause named
-            out[i] = ImageDecodeError(f"field could not be prepared ({type(exc).__name__}: {exc})"[:300])
-    return out, found
-
-
 def read_by_layout(
     images: Sequence[np.ndarray], engine: Predictor, reader: SequenceReader | None, params: ReaderParams | None = None
 ) -> list[FieldReading | ImageError]:
     """Each crop's reading: free handwriting by the line reader when there is one, fields in comb
     cells or boxes by segmentation weighed with the line reader (``fuse``)."""
-    if reader is None:
-        return read_fields(images, engine, params)
     p = params or ReaderParams()
-    out, found = _prepare(images, p.max_pixels)
-    lines: dict[int, LineInput] = {}
-    for i, hand in found.items():
+    prepared: list[FieldInput | ImageError] = []
+    for image in images:
         try:
-            lines[i] = line_from(hand)
-        except Exception as exc:  # ink found but no line cut from it: cells may still read it
-            out[i] = ImageDecodeError(f"field could not be prepared ({type(exc).__name__}: {exc})"[:300])
-    as_line = {i: decode(s, lines[i]) for i, s in zip(lines, reader.log_probs(list(lines.values())), strict=True)}
-    cells = [i for i in found if found[i].frame.kind != "free"]
-    segmented = read_fields([images[i] for i in cells], engine, p, [found[i] for i in cells])
-    for i, reading in zip(cells, segmented, strict=True):
-        line = as_line.get(i)
-        out[i] = fuse(reading, line) if isinstance(reading, FieldReading) and line is not None else reading
-    for i, line in as_line.items():
-        if i not in cells:
-            out[i] = line
-    return [reading for reading in out if reading is not None]
+            prepared.append(prepare_field(image, p, with_line=reader is not None))
+        except ImageError as exc:
+            prepared.append(exc)
+    return read_prepared(prepared, engine, reader, p)
+
+
+def read_prepared(
+    prepared: Sequence[FieldInput | ImageError],
+    engine: Predictor,
+    reader: SequenceReader | None,
+    params: ReaderParams | None = None,
+) -> list[FieldReading | ImageError]:
+    """The networks' part of reading crops already prepared (``prepare_field``, in whichever
+    process): every candidate character in one digit-network call, every line in the line
+    reader's batches, then each crop's reading; an error stays that crop's outcome."""
+    p = params or ReaderParams()
+    ready = [f for f in prepared if isinstance(f, FieldInput)]
+    plans = [f.plan for f in ready if f.plan is not None]
+    segmented = iter(read_plans(plans, engine, p))
+    lines = [f.line for f in ready if isinstance(f.line, LineInput)]
+    if lines and reader is None:
+        raise ValueError("fields prepared for a line reader, but none is served")
+    scores = iter(reader.log_probs(lines) if reader is not None and lines else [])
+    out: list[FieldReading | ImageError] = []
+    for f in prepared:
+        if isinstance(f, ImageError):
+            out.append(f)
+            continue
+        line = decode(next(scores), f.line) if isinstance(f.line, LineInput) else f.line
+        cells = next(segmented) if f.plan is not None else None
+        if cells is None:
+            assert line is not None, "a prepared field has a plan, a line or both"
+            out.append(line)
+        elif isinstance(cells, FieldReading) and isinstance(line, FieldReading):
+            out.append(fuse(cells, line))
+        else:  # segmentation failed (its error stands), or there is no line to weigh it with
+            out.append(cells)
+    return out

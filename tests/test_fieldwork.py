@@ -8,17 +8,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from bench.synth import STYLES, DigitPool, load_mnist, render_field
 from recognizer.fields import CharReading, FieldReading
+from recognizer.preprocessing import Preprocessor
 from recognizer.rules import FieldRule
 from recognizer.sequence import SequenceReader, build
 from tests.test_fields import NearestDigits
-from worker.fieldwork import ReadSpecs, field_result, read_batch
+from worker.fieldwork import ReadSpecs, field_result, prepare_batch, read_batch
 from worker.metrics import WorkerMetrics
 from worker.results import Served
+
+MAX_BYTES, MAX_PIXELS = 1 << 20, 1 << 22
 
 
 class Knn(NearestDigits):
@@ -37,12 +41,23 @@ def png(image: Any) -> bytes:
     return out.getvalue()
 
 
+def served(engine: Knn, blobs: list[bytes], metrics: WorkerMetrics, workers: int = 0) -> list[Served]:
+    """A batch of field images as a worker serves it: prepared (in ``workers`` processes), then read."""
+    prep = Preprocessor(workers, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS)
+    try:
+        outcomes = prepare_batch(engine, blobs, prep)  # type: ignore[arg-type]
+    finally:
+        prep.close()
+    metrics.prepared(len(blobs), 0, outcomes)
+    return read_batch(engine, outcomes, max_pixels=MAX_PIXELS, metrics=metrics, fetch_ms=0.5)  # type: ignore[arg-type]
+
+
 def test_a_batch_of_fields_is_read_and_a_bad_image_fails_alone(pool: DigitPool) -> None:
     engine = Knn(pool.images[:3000], pool.labels[:3000])
     fields = [render_field(pool, (5, i), STYLES["comb"]) for i in range(4)]
     blobs = [png(f.image) for f in fields[:2]] + [b"GIF89a broken", png(fields[2].image), b""]
     metrics = WorkerMetrics()
-    out = read_batch(engine, blobs, max_bytes=1 << 20, max_pixels=1 << 22, metrics=metrics, fetch_ms=0.5)  # type: ignore[arg-type]
+    out = served(engine, blobs, metrics)
     assert len(out) == 5 and engine.calls == 1  # every candidate of the batch in one model call
     for i in (0, 1, 3):
         assert out[i].field is not None and out[i].error is None and out[i].version == "knn"
@@ -61,7 +76,7 @@ def test_with_a_line_reader_free_fields_go_to_it_and_comb_fields_are_segmented_t
     comb = [render_field(pool, (7, i), STYLES["comb"]) for i in range(2)]
     blobs = [png(free[0].image), png(comb[0].image), b"GIF89a broken", png(free[1].image), png(comb[1].image)]
     blobs.append(png(free[2].image))
-    out = read_batch(engine, blobs, max_bytes=1 << 20, max_pixels=1 << 22, metrics=WorkerMetrics(), fetch_ms=0.5)  # type: ignore[arg-type]
+    out = served(engine, blobs, WorkerMetrics())
     methods = [(s.field.layout, s.field.method) if s.field is not None else s.error for s in out]
     assert methods[0] == methods[3] == methods[5] == ("free", "sequence")
     # Comb cells are segmented (one model call, for the cells only) and read by the line reader
@@ -70,6 +85,19 @@ def test_with_a_line_reader_free_fields_go_to_it_and_comb_fields_are_segmented_t
     assert out[2].field is None and out[2].error
     body = field_result({}, out[0], None, threshold=0.5)
     assert body["method"] == "sequence" and body["layout"] == "free"
+
+
+@pytest.mark.timeout(120)
+def test_fields_prepared_in_a_pool_of_processes_read_as_in_the_models_thread(pool: DigitPool) -> None:
+    engine = Knn(pool.images[:3000], pool.labels[:3000])
+    engine.sequence = SequenceReader(build())
+    fields = [render_field(pool, (8, i), STYLES["comb" if i % 2 else "free"]) for i in range(6)]
+    blobs = [png(f.image) for f in fields] + [b"GIF89a broken", png(np.full((40, 200), 255, np.uint8))]  # blank paper
+    inline, pooled = served(engine, blobs, WorkerMetrics()), served(engine, blobs, WorkerMetrics(), workers=2)
+    assert [s.error for s in pooled] == [s.error for s in inline] and pooled[-2].error and pooled[-1].error
+    for a, b in zip(inline, pooled, strict=True):
+        assert (a.field and a.field.as_dict()) == (b.field and b.field.as_dict())
+    assert sum(s.field is not None for s in pooled) == 6
 
 
 def reading(*chars: tuple[int, float, list[tuple[int, float]]]) -> Served:

@@ -11,6 +11,7 @@ import pytest
 
 from bench.synth import write_digits
 from recognizer.preprocessing import (
+    FIELD_POOL_MIN_BATCH,
     POOL_MIN_BATCH,
     PROCESS_DIED,
     Outcome,
@@ -54,7 +55,8 @@ def test_a_pool_prepares_exactly_what_the_thread_does_in_order(blobs: list[bytes
     assert pooled[10].error == "image file is empty" and "not a readable image" in (pooled[11].error or "")
     for a, b in zip(inline, pooled, strict=True):
         if a.input is not None:
-            assert b.input is not None and np.array_equal(a.input, b.input)
+            assert isinstance(a.input, np.ndarray) and isinstance(b.input, np.ndarray)
+            assert np.array_equal(a.input, b.input)
 
 
 @pytest.mark.timeout(180)
@@ -90,6 +92,23 @@ def test_small_batches_stay_in_the_callers_thread() -> None:
         pool.close()
     assert small == {str(os.getpid())}
     assert large and {int(pid) for pid in large if pid} <= pool.pids
+
+
+@pytest.mark.timeout(120)
+def test_a_batch_takes_the_task_and_threshold_it_is_given() -> None:
+    # How a worker prepares field images: their own task, and the pool from two of them.
+    pool = Preprocessor(2, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS)
+    try:
+        one = {o.error for o in pool.map([b"x"], which_process, FIELD_POOL_MIN_BATCH)}
+        two = {o.error for o in pool.map([b"x"] * FIELD_POOL_MIN_BATCH, which_process, FIELD_POOL_MIN_BATCH)}
+        first = pool.pids
+        batch = [b"", KILLER, b"x" * 10]
+        dead = pool.map(batch, dies_on_killer, FIELD_POOL_MIN_BATCH)  # isolation runs the batch's own task
+    finally:
+        pool.close()
+    assert one == {str(os.getpid())} and two and {int(pid or 0) for pid in two} <= first
+    assert [o.error for o in dead][1] == PROCESS_DIED.format("its process exited abruptly")
+    assert dead[0].error == "image file is empty" and dead[2].error
 
 
 def test_auto_pool_size_leaves_the_cores_to_the_model_on_a_cpu() -> None:

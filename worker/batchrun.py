@@ -5,8 +5,9 @@ The bytes are fetched here, one MGET per batch, so a worker holds at most a batc
 memory however many messages it has reserved. Preprocessing here rather than in the message
 threads keeps one thread on the GIL at a time: on a small CPU, threads preprocessing beside the
 running model slow it several-fold. On a GPU host the batch's images are spread over a pool of
-processes instead (INKQ_PREPROCESS_WORKERS). Images of field jobs (their key starts with
-``FIELD_KEY``) are read as fields, in the same batch (worker/fieldwork.py).
+processes instead (INKQ_PREPROCESS_WORKERS), field images' preparation too. Images of field
+jobs (their key starts with ``FIELD_KEY``) are read as fields, in the same batch
+(worker/fieldwork.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from config.settings import Settings
 from recognizer.engine import Engine
 from recognizer.preprocessing import Preprocessor
 from storage.jobs import Jobs
-from worker.fieldwork import FIELD_KEY, read_batch
+from worker.fieldwork import FIELD_KEY, prepare_batch, read_batch
 from worker.metrics import WorkerMetrics
 from worker.results import Served
 
@@ -42,18 +43,19 @@ def run_batch(
         if blob is None:
             out[i] = Served(None, None, MISSING_IMAGE, fetch_ms=fetch_ms)
     fields = [i for i, key in enumerate(keys) if blobs[i] is not None and key.startswith(FIELD_KEY)]
+    as_field = set(fields)
+    todo = [(i, blob) for i, blob in enumerate(blobs) if blob is not None and i not in as_field]
+    prepared = prepare_batch(engine, [blobs[i] or b"" for i in fields], prep) if fields else []
+    outcomes = prep.map([blob for _, blob in todo])
+    metrics.prepared(len(keys), blobs.count(None), outcomes + prepared)
     if fields:
-        limits = {"max_bytes": settings.max_image_bytes, "max_pixels": settings.max_image_pixels}
-        read = read_batch(engine, [blobs[i] or b"" for i in fields], **limits, metrics=metrics, fetch_ms=fetch_ms)
+        read = read_batch(engine, prepared, max_pixels=settings.max_image_pixels, metrics=metrics, fetch_ms=fetch_ms)
         for i, served in zip(fields, read, strict=True):
             out[i] = served
-    todo = [(i, blob) for i, blob in enumerate(blobs) if blob is not None and out[i] is None]
-    outcomes = prep.map([blob for _, blob in todo])
-    metrics.prepared(len(keys), blobs.count(None), outcomes)
     inputs: list[np.ndarray] = []
     slots: list[tuple[int, float]] = []
     for (i, _), outcome in zip(todo, outcomes, strict=True):
-        if outcome.input is None:  # this image fails alone
+        if not isinstance(outcome.input, np.ndarray):  # this image fails alone
             out[i] = Served(None, None, outcome.error, outcome.ms, fetch_ms=fetch_ms)
         else:
             inputs.append(outcome.input)

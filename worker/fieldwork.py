@@ -3,7 +3,10 @@
 A job submitted with ``--field`` (meta ``read.kind == "field"``) has each image read by
 ``recognizer.fields``: every candidate character of every field in the batch goes to the model
 in one call. Where the version carries a sequence network, free handwriting is read by it instead,
-as one line (``recognizer.layout.read_by_layout``). Its rule, if any, is applied per item when
+as one line (``recognizer.layout``). Preparing a field (decoding, erasing printed rules, cutting
+characters and the line) is most of its cost; it runs where digits' preprocessing runs, in the
+pool's processes on a GPU host (``prepare_batch``), and only the networks' part in the model's
+thread (``read_batch``). Its rule, if any, is applied per item when
 the result is written; see ``recognizer.rules`` for what a rule may change and how the change is
 reported.
 """
@@ -15,17 +18,17 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from config.errors import ImageDecodeError, ImageError
-from recognizer.decoding import decode_colour
+from config.errors import ImageError
 from recognizer.engine import Engine
+from recognizer.fieldprep import FieldInput
 from recognizer.fields import FieldReading, ReaderParams
-from recognizer.layout import read_by_layout
-from recognizer.preprocessing import failure_reason
+from recognizer.layout import read_prepared
+from recognizer.preprocessing import FIELD_POOL_MIN_BATCH, Outcome, Preprocessor, failure_reason, field_task
 from recognizer.rules import FieldRule, apply
 from worker.metrics import WorkerMetrics
 from worker.results import Served
 
-__all__ = ["FIELD_KEY", "ReadSpecs", "field_key", "field_result", "read_batch"]
+__all__ = ["FIELD_KEY", "ReadSpecs", "field_key", "field_result", "prepare_batch", "read_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -63,36 +66,32 @@ class ReadSpecs:
         return value
 
 
+def prepare_batch(engine: Engine, blobs: list[bytes], prep: Preprocessor) -> list[Outcome]:
+    """Each field image decoded and cut into what the networks read, in the pool's processes
+    when the worker has them (a GPU host), else here; a blob that fails, fails alone."""
+    return prep.map(blobs, field_task(with_line=engine.sequence is not None), FIELD_POOL_MIN_BATCH)
+
+
 def read_batch(
-    engine: Engine, blobs: list[bytes], *, max_bytes: int, max_pixels: int, metrics: WorkerMetrics, fetch_ms: float
+    engine: Engine, outcomes: list[Outcome], *, max_pixels: int, metrics: WorkerMetrics, fetch_ms: float
 ) -> list[Served]:
-    """Decode and read each blob as a field; a blob that fails, fails alone."""
+    """The networks' part: every prepared field of the batch read at once (``prepare_batch``'s
+    failures stay theirs, and are counted there)."""
     start = time.perf_counter()
-    crops: list[Any] = []
-    errors: dict[int, ImageError] = {}
-    for i, blob in enumerate(blobs):
-        try:
-            crops.append(decode_colour(blob, max_bytes=max_bytes, max_pixels=max_pixels))
-        except ImageError as exc:
-            errors[i] = exc
-            crops.append(None)
-        except Exception as exc:  # defence in depth: whatever a decoder raises, never the batch
-            errors[i] = ImageDecodeError(f"{type(exc).__name__}: {exc}"[:300])
-            crops.append(None)
-    good = [i for i in range(len(blobs)) if i not in errors]
-    readings = read_by_layout([crops[i] for i in good], engine, engine.sequence, ReaderParams(max_pixels=max_pixels))
-    ms = (time.perf_counter() - start) * 1000 / max(1, len(blobs))
+    prepared = [o.input for o in outcomes if isinstance(o.input, FieldInput)]
+    readings = iter(read_prepared(prepared, engine, engine.sequence, ReaderParams(max_pixels=max_pixels)))
+    model_ms = (time.perf_counter() - start) * 1000
     out: list[Served] = []
-    by_index = dict(zip(good, readings, strict=True))
-    for i in range(len(blobs)):
-        found = errors.get(i) or by_index[i]
+    for outcome in outcomes:
+        found = next(readings) if isinstance(outcome.input, FieldInput) else outcome.error
         if isinstance(found, FieldReading):
-            out.append(Served(None, engine.version, None, 0.0, ms, fetch_ms, field=found))
-        else:
+            out.append(Served(None, engine.version, None, outcome.ms, model_ms, fetch_ms, field=found))
+            continue
+        if isinstance(found, ImageError):  # prepared, yet neither reader found characters
             metrics.failed(failure_reason(found))
-            out.append(Served(None, None, str(found), ms, 0.0, fetch_ms))
+        out.append(Served(None, None, str(found), outcome.ms, 0.0, fetch_ms))
     read = [s.field for s in out if s.field is not None]
-    metrics.recognised(len(read), ms * len(blobs) / 1000)
+    metrics.recognised(len(read), model_ms / 1000)
     metrics.read_fields(len(read), sum(len(r.chars) for r in read))
     return out
 

@@ -158,29 +158,54 @@ def cell_pieces(
 ) -> list[Piece | None]:
     """One piece per comb cell (None: the cell is empty). A blob goes whole to the cell holding
     most of it, as a digit pushed over a rule still belongs to its cell; one spread over cells
-    (two digits touching across a divider) is parted at the dividers."""
+    (two digits touching across a divider) is parted at the dividers. A cell left empty beside
+    one holding two characters' worth of blobs takes back the one reaching furthest into it: a
+    digit written over its divider into a neighbour's cell, which would otherwise be read with
+    that neighbour as one character and leave its own cell blank."""
     n = len(bounds) - 1
     inner = np.asarray(bounds[1:-1])
-    parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(n)]
+    parts: list[list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]] = [[] for _ in range(n)]
     for ys, xs in blobs:
         if len(ys) < p.speck * height * height:
             continue
         cell = np.searchsorted(inner, xs)
         counts = np.bincount(cell, minlength=n)
         if counts.max() >= 0.75 * len(xs):
-            parts[int(counts.argmax())].append((ys, xs))
+            parts[int(counts.argmax())].append((ys, xs, counts))
         else:
             for c in np.flatnonzero(counts):
-                parts[c].append((ys[cell == c], xs[cell == c]))
+                parts[c].append((ys[cell == c], xs[cell == c], None))
+    floor = 4 * p.speck * height * height
+    _refill_empty(parts, floor)
     out: list[Piece | None] = []
     for held in parts:
-        if not held or sum(len(ys) for ys, _ in held) < 4 * p.speck * height * height:
+        if not held or sum(len(ys) for ys, _, _ in held) < floor:
             out.append(None)
             continue
-        ys = np.concatenate([a for a, _ in held])
-        xs = np.concatenate([b for _, b in held])
+        ys = np.concatenate([a for a, _, _ in held])
+        xs = np.concatenate([b for _, b, _ in held])
         out.append(Piece(ys, xs, xs.astype(np.float64)))
     return out
+
+
+def _refill_empty(parts: list[list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]], floor: float) -> None:
+    """Move a whole blob into each cell too empty to read, from a neighbour that keeps a
+    character's worth of ink without it; the blob reaching furthest into the empty cell."""
+    for c, held in enumerate(parts):
+        if sum(len(ys) for ys, _, _ in held) >= floor:
+            continue
+        best: tuple[int, int, int] | None = None  # (pixels in cell c, neighbour, blob index)
+        for d in (c - 1, c + 1):
+            if not 0 <= d < len(parts):
+                continue
+            total = sum(len(ys) for ys, _, _ in parts[d])
+            for k, (ys, _, counts) in enumerate(parts[d]):
+                if counts is None or counts[c] == 0 or len(ys) < floor or total - len(ys) < floor:
+                    continue
+                if best is None or counts[c] > best[0]:
+                    best = (int(counts[c]), d, k)
+        if best is not None:
+            held.append(parts[best[1]].pop(best[2]))
 
 
 def runs(pieces: list[Piece], height: float, p: SegmentParams) -> list[tuple[int, int]]:

@@ -18,7 +18,7 @@ from recognizer.fields import FieldReading, ReaderParams, read_fields
 from recognizer.frames import find_frame
 from recognizer.ink import Band, deskew, find_rules, ink_maps, remove_rules
 from recognizer.prediction import Prediction
-from recognizer.segment import SegmentParams, components, free_pieces, runs, slant, text_height
+from recognizer.segment import SegmentParams, cell_pieces, components, free_pieces, runs, slant, text_height
 
 
 class NearestDigits:
@@ -100,6 +100,24 @@ def test_a_stroke_broken_across_is_joined_into_one_piece() -> None:
     assert len(blobs) == 2
     pieces = free_pieces(blobs, text_height(blobs), 0.0, 0.0, SegmentParams())
     assert len(pieces) == 1 and len(pieces[0].ys) == sum(len(ys) for ys, _ in blobs)
+
+
+def square(x0: int, x1: int, rows: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    ys, xs = np.mgrid[0:rows, x0:x1]
+    return ys.ravel(), xs.ravel()
+
+
+def test_a_digit_pushed_into_its_neighbours_comb_cell_is_given_back_to_its_own() -> None:
+    bounds = [0.0, 10.0, 20.0, 30.0]
+    # Cell 0 holds its own digit and, almost whole, the next one written over the divider; cell 1
+    # is empty; cell 2 holds one digit.
+    blobs = [square(1, 8), square(3, 13), square(21, 28)]
+    pieces = cell_pieces(blobs, bounds, 10.0, SegmentParams())
+    assert all(p is not None for p in pieces)
+    assert [int(p.xs.max()) for p in pieces if p is not None] == [7, 12, 27]
+    # A cell is never refilled by robbing a neighbour of its only character.
+    alone = cell_pieces([square(2, 13), square(21, 28)], bounds, 10.0, SegmentParams())
+    assert alone[1] is None and alone[0] is not None and alone[2] is not None
 
 
 def test_broken_generated_digits_mostly_have_a_candidate_holding_all_of_them(train_pool: DigitPool) -> None:

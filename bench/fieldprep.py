@@ -89,7 +89,7 @@ def measure(engine: Engine, blobs: list[bytes], pools: list[int], batch: int) ->
         by_pool[str(size)] = n / seconds
         same = same and [o.error for o in pooled] == [o.error for o in inline]
         again, _ = _networks(engine, pooled, batch)
-        same = same and [r.text for r in again] == [r.text for r in readings]
+        same = same and [str(getattr(r, "text", r)) for r in again] == [str(getattr(r, "text", r)) for r in readings]
     prepare_ms, networks_ms = prepare_s * 1000 / n, networks_s * 1000 / n
     return {
         "fields": n,

@@ -65,30 +65,31 @@ class Outcome:
     reason: str | None = None  # the error's short class, for metrics: decode, too_large or blank
 
 
-def prepare_one(blob: bytes, max_bytes: int, max_pixels: int) -> Outcome:
+def _attempt(prepare: Callable[[], np.ndarray | FieldInput]) -> Outcome:
+    """``prepare()``'s result as an Outcome, timed; whatever it raises fails this image alone."""
     start = time.perf_counter()
     try:
-        return Outcome(scan.preprocess(blob, max_bytes=max_bytes, max_pixels=max_pixels), None, _ms(start))
-    except ImageError as exc:  # this image fails alone
+        return Outcome(prepare(), None, _ms(start))
+    except ImageError as exc:
         return Outcome(None, str(exc), _ms(start), failure_reason(exc))
     except Exception as exc:  # defence in depth: whatever a decoder raises, never the batch
         log.warning("preprocessing raised %s, not ImageError", type(exc).__name__, exc_info=True)
         return Outcome(None, f"{type(exc).__name__}: {exc}"[:300], _ms(start), "decode")
 
 
+def prepare_one(blob: bytes, max_bytes: int, max_pixels: int) -> Outcome:
+    return _attempt(lambda: scan.preprocess(blob, max_bytes=max_bytes, max_pixels=max_pixels))
+
+
 def prepare_field_one(blob: bytes, max_bytes: int, max_pixels: int, with_line: bool) -> Outcome:
     """A field image decoded in colour (drop-out rules are told apart by it) and prepared for the
     segmenting reader, and for the line reader ``with_line``."""
-    start = time.perf_counter()
-    try:
+
+    def prepare() -> FieldInput:
         image = decode_colour(blob, max_bytes=max_bytes, max_pixels=max_pixels)
-        prepared = prepare_field(image, ReaderParams(max_pixels=max_pixels), with_line=with_line)
-        return Outcome(prepared, None, _ms(start))
-    except ImageError as exc:  # this field fails alone
-        return Outcome(None, str(exc), _ms(start), failure_reason(exc))
-    except Exception as exc:  # defence in depth: whatever a decoder raises, never the batch
-        log.warning("field preparation raised %s, not ImageError", type(exc).__name__, exc_info=True)
-        return Outcome(None, f"{type(exc).__name__}: {exc}"[:300], _ms(start), "decode")
+        return prepare_field(image, ReaderParams(max_pixels=max_pixels), with_line=with_line)
+
+    return _attempt(prepare)
 
 
 def failure_reason(exc: ImageError) -> str:

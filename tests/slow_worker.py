@@ -1,23 +1,27 @@
 """A real inkq worker whose model can be made slow or hung, for the delivery tests only.
 
 Run as `celery -A tests.slow_worker worker`. It is `worker.app` with two changes made here, in
-the tests, so that production code carries no test hook: every model batch first sleeps
-``INKQ_TEST_BATCH_DELAY_S`` seconds, or blocks for ever when ``INKQ_TEST_HANG`` is set; and
-every task start is recorded as "TASK_ID TIME" in the Redis list ``INKQ_TEST_DELIVERIES`` (when set), so that a
-test can count deliveries on any version of the worker.
+the tests, so that production code carries no test hook: every model batch first waits for a
+permit from the test's gate when ``INKQ_TEST_GATE`` is set (tests/gate.py), or blocks for ever
+when ``INKQ_TEST_HANG`` is set; and every task start is recorded as "TASK_ID TIME" in the Redis
+list ``INKQ_TEST_DELIVERIES`` (when set), so that a test can count deliveries on any version of
+the worker.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
 from typing import Any
 
+import redis
 from celery import signals
 
 import worker.replica
 from storage.connection import connect
+from tests.gate import GATE_TIMEOUT_S
 from worker.app import app, settings
 
 __all__ = ["app"]
@@ -26,15 +30,31 @@ _serve = worker.replica.Replica._run
 _never = threading.Event()
 
 
-def _slow_run(self: worker.replica.Replica, batch: list[Any]) -> list[Any]:
+@functools.cache
+def _gate_client() -> redis.Redis:
+    # Not storage.connection.connect: its socket timeout would cut the blocking pops short.
+    return redis.Redis.from_url(os.environ.get("INKQ_TEST_GATE_URL") or settings.redis_url)
+
+
+def _pass_gate(key: str, hostname: str) -> None:
+    client = _gate_client()
+    client.rpush(f"{key}:waiting", hostname)
+    deadline = time.monotonic() + GATE_TIMEOUT_S
+    while client.blpop([key], timeout=1) is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the test opened no gate for this batch in {GATE_TIMEOUT_S:g}s")
+    client.incr(f"{key}:taken")
+
+
+def _gated_run(self: worker.replica.Replica, batch: list[Any]) -> list[Any]:
     if os.environ.get("INKQ_TEST_HANG"):
         _never.wait()
-    # A slower model, not a wait for anything: the batch holds the model thread this long.
-    time.sleep(float(os.environ.get("INKQ_TEST_BATCH_DELAY_S", "0")))
+    if key := os.environ.get("INKQ_TEST_GATE"):
+        _pass_gate(key, self.hostname)
     return _serve(self, batch)
 
 
-worker.replica.Replica._run = _slow_run  # type: ignore[method-assign,assignment]
+worker.replica.Replica._run = _gated_run  # type: ignore[method-assign,assignment]
 _deliveries = os.environ.get("INKQ_TEST_DELIVERIES")
 
 

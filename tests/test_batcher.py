@@ -112,15 +112,28 @@ def test_gather_gives_up_on_a_stalled_model() -> None:
 
 
 def test_gather_waits_on_a_slow_but_live_model() -> None:
+    now = [0.0]  # the batcher's clock: each batch takes 0.1 s of it, and no real time is spent waiting
+    checked = threading.Event()
+
+    class Watched(Batcher[int, int]):
+        def stalled_for(self) -> float:
+            stalled = super().stalled_for()
+            checked.set()
+            return stalled
+
     def slow(values: list[int]) -> list[int]:
-        time.sleep(0.1)  # a model that takes 0.1 s per batch: compute time, not synchronisation
+        now[0] += 0.1
+        checked.clear()
+        assert checked.wait(10), "gather checked for a stall while this batch ran"
         return values
 
-    batcher: Batcher[int, int] = Batcher(slow, max_batch=1, max_wait_s=0)
+    batcher = Watched(slow, max_batch=1, max_wait_s=0, clock=lambda: now[0])
     try:
-        # Eight batches of 0.1 s: longer than the stall limit in all, but each one completes within it.
-        outs = batcher.gather(batcher.submit(list(range(8))), stall_after_s=0.5, poll_s=0.05)
+        # Eight batches of 0.1 s: longer than the stall limit in all, but each one completes within it,
+        # and gather looks for a stall during every one of them.
+        outs = batcher.gather(batcher.submit(list(range(8))), stall_after_s=0.25, poll_s=0.01)
         assert [o for o, _ in outs] == list(range(8))
+        assert now[0] > 3 * 0.25
     finally:
         batcher.stop()
 

@@ -20,6 +20,7 @@ from storage.priority import Priority, age, lists, of_step
 from storage.queue import enqueue, make_app
 from storage.utils import as_text
 from tests.conftest import MnistArrays, wait_for
+from tests.gate import Gate
 from tests.redis_servers import publish_untrained
 from worker.batcher import Batcher
 
@@ -90,8 +91,9 @@ def test_a_worker_serves_a_high_job_before_a_queued_low_one_and_finishes_both(
     env: dict[str, str], redis_url: str, tmp_path: Path, mnist_test: MnistArrays
 ) -> None:
     publish_untrained(connect(redis_url))
+    gate = Gate(redis_url)
     worker = WorkerProcess(
-        env | {"INKQ_TEST_BATCH_DELAY_S": "0.05"},
+        env | gate.env(),
         "priorities",
         tmp_path / "worker.log",
         {"compile": "false", "precision": "fp32", "worker_threads": "1", "prefetch_multiplier": "1", "max_batch": "8"},
@@ -102,14 +104,17 @@ def test_a_worker_serves_a_high_job_before_a_queued_low_one_and_finishes_both(
         write_digits(tmp_path / "bulk", images[:240], labels[:240])
         write_digits(tmp_path / "urgent", images[240:241], labels[240:241])
         settings = load_settings(env | {"INKQ_CHUNK_SIZE": "8"})
-        bulk = Client(settings, priority="low").submit([str(tmp_path / "bulk")]).job
         low = Client(settings, priority="low")
-        wait_for(lambda: low.status(bulk).done > 0, 60, "the bulk job to start")
+        bulk = low.submit([str(tmp_path / "bulk")]).job
+        wait_for(lambda: gate.held() > 0, 60, "the bulk job's first batch at the gate")
         urgent_client = Client(settings, priority=Priority.HIGH)
         urgent = urgent_client.submit([str(tmp_path / "urgent")]).job
+        # The bulk job's 29 other messages were queued first; the worker holds one at a time.
+        gate.open()
         done = urgent_client.wait(urgent, timeout=60)
-        assert done.complete and low.status(bulk).done < 240, "the high job waited for the low one"
-        assert low.wait(bulk, timeout=120).done == 240
+        finished = low.wait(bulk, timeout=120)
+        assert finished.done == 240 and done.complete
+        assert (done.finished or 0) < (finished.finished or 0), "the high job waited for the low one"
     finally:
         worker.stop()
 

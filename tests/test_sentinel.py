@@ -17,6 +17,7 @@ from storage.connection import broker_url, connect
 from storage.queue import make_app
 from storage.sentinel import SentinelUrl, parse
 from tests.conftest import MnistArrays, wait_for
+from tests.gate import Gate
 from tests.redis_servers import publish_untrained, redis_process, sentinel_process
 
 PASSWORD = "sentinel-test-password"
@@ -75,7 +76,9 @@ def test_a_failover_during_a_job_leaves_every_item_exactly_one_result(
         wait_for(lambda: primary_client.info("replication")["connected_slaves"] == 1, 30, "the replica to attach")
         with sentinel_process(tmp_path / "sentinel", primary, password=PASSWORD) as sentinel_port:
             url = f"sentinel://:{PASSWORD}@127.0.0.1:{sentinel_port}/0"
-            env = env | {"INKQ_REDIS_URL": url, "INKQ_TEST_BATCH_DELAY_S": "0.3"}
+            # The gate lives in the test's own Redis, which no failover touches.
+            gate = Gate(env["INKQ_REDIS_URL"])
+            env = env | {"INKQ_REDIS_URL": url} | gate.env()
             publish_untrained(connect(url))
             worker = WorkerProcess(
                 env,
@@ -91,8 +94,11 @@ def test_a_failover_during_a_job_leaves_every_item_exactly_one_result(
                 settings = load_settings(env | {"INKQ_CHUNK_SIZE": "8"})
                 client = Client(settings)
                 job = client.submit([str(tmp_path / "scans")]).job
-                wait_for(lambda: client.status(job).done >= 8, 60, "the first results")
-                assert client.status(job).done < total, "the job finished before the failover: slow it down"
+                gate.allow(1)
+                wait_for(lambda: client.status(job).done > 0, 60, "the first batch's results")
+                # The next batch is held at the gate: the failover comes in the middle of the job.
+                wait_for(lambda: gate.held() > 0, 60, "the next batch at the gate")
+                assert client.status(job).done < total
 
                 sentinel = redis.Redis(port=sentinel_port)
                 sentinel.execute_command("SENTINEL", "FAILOVER", "mymaster")
@@ -102,6 +108,7 @@ def test_a_failover_during_a_job_leaves_every_item_exactly_one_result(
                     return isinstance(address, tuple) and address[1] == replica
 
                 wait_for(promoted, 30, "the replica's promotion")
+                gate.open()
                 status = client.wait(job, timeout=180)
                 assert (status.total, status.done) == (total, total), worker.log()
                 results = client.results(job)

@@ -71,6 +71,7 @@ class Batcher(Generic[In, Out]):
         name: str = "batcher",
         on_flush: Callable[[str], None] | None = None,
         size_for: Callable[[int], int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -81,13 +82,16 @@ class Batcher(Generic[In, Out]):
         self.size_for = size_for or (lambda n: n)
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        # Seconds for waits, stalls and batch times; a test's own clock lets it say how long a
+        # model call takes without taking that long.
+        self._clock = clock
         self._pending = _Ranked[In, Out]()
         self._cond = threading.Condition()
         self._stopped = False
         self._ids = itertools.count(1)
         self._running = 0  # images in the batch the model is working on
         # Monotonic time of the last sign of life: a batch completed, or work arrived at an idle batcher.
-        self._progress = time.monotonic()
+        self._progress = clock()
         self.last_batch_at: float | None = None  # wall-clock time of the last completed batch
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
@@ -95,7 +99,7 @@ class Batcher(Generic[In, Out]):
     def submit(self, values: Sequence[In], rank: int = 1) -> list[Future[tuple[Out, BatchInfo]]]:
         """Queue values for the model at ``rank`` (0 first); each future resolves to (output, the
         batch it ran in)."""
-        now = time.monotonic()
+        now = self._clock()
         pending = [_Pending[In, Out](v, Future(), now) for v in values]
         with self._cond:
             if self._stopped:
@@ -110,12 +114,12 @@ class Batcher(Generic[In, Out]):
         """Seconds since the last batch completed while images wait or run; 0 when idle."""
         with self._cond:
             busy = bool(self._pending) or self._running > 0
-            return time.monotonic() - self._progress if busy else 0.0
+            return self._clock() - self._progress if busy else 0.0
 
     def oldest_wait_s(self) -> float:
         """Seconds the oldest image not yet in a batch has waited; 0 when none waits."""
         with self._cond:
-            return time.monotonic() - self._pending.oldest() if self._pending else 0.0
+            return self._clock() - self._pending.oldest() if self._pending else 0.0
 
     def gather(
         self, futures: Sequence[Future[tuple[Out, BatchInfo]]], stall_after_s: float, poll_s: float = 1.0
@@ -149,7 +153,7 @@ class Batcher(Generic[In, Out]):
                 return None
             deadline = self._pending.oldest() + self.max_wait_s
             while len(self._pending) < self.max_batch and not self._stopped:
-                left = deadline - time.monotonic()
+                left = deadline - self._clock()
                 if left <= 0:
                     break
                 self._cond.wait(left)
@@ -165,12 +169,12 @@ class Batcher(Generic[In, Out]):
     def _done(self) -> None:
         with self._cond:
             self._running = 0
-            self._progress = time.monotonic()
+            self._progress = self._clock()
             self.last_batch_at = time.time()
 
     def _loop(self) -> None:
         while (batch := self._take()) is not None:
-            start = time.monotonic()
+            start = self._clock()
             try:
                 outputs = self._run([p.value for p in batch])
                 if len(outputs) != len(batch):
@@ -186,7 +190,7 @@ class Batcher(Generic[In, Out]):
                 next(self._ids),
                 len(batch),
                 (start - min(p.since for p in batch)) * 1000,
-                (time.monotonic() - start) * 1000,
+                (self._clock() - start) * 1000,
             )
             for p, out in zip(batch, outputs, strict=True):
                 p.future.set_result((out, info))

@@ -18,7 +18,8 @@ from config.errors import ConfigError
 from config.settings import Settings
 from recognizer import artifact, network, scan
 from trainer.data import Split, load_split
-from trainer.retrain import MIX_GRID, interpolate_towards_parent, ship, verdict
+from trainer.mixing import MIX_GRID, interpolate_towards_parent
+from trainer.retrain import ship, verdict
 from trainer.training import fit_temperature, freeze, normalize, predict_logits
 
 

@@ -37,6 +37,7 @@ from recognizer.decoding import decode_colour
 from recognizer.sequence import build, line_input
 from storage.labels import Labels, Sample
 from trainer import sequence
+from trainer.mixing import MIX_GRID
 from trainer.seqpublish import gate_pool
 
 __all__ = ["GUARD_TOLERANCE", "LineOutcome", "labelled_lines", "line_half", "tune_lines"]
@@ -50,7 +51,6 @@ MIN_REPLAY = 200
 GUARD_FIELDS = 200  # generated free fields from kept-out digits: the reader must not get worse there
 GUARD_SEED = 41  # distinct from the publish gate's and the benchmark's field seeds
 SELECT_SEED = 43  # the fields the mixing weight is chosen on: never the guard's
-MIX_GRID = (1.0, 0.8, 0.65, 0.5, 0.35, 0.25)
 GUARD_TOLERANCE = 2.0  # points of exact generated free fields a candidate may lose (four fields of 200)
 KEPT_OUT = 1000  # training digits `python -m trainer.sequence` keeps out of its fields (its --val-size)
 

@@ -33,64 +33,12 @@ from trainer.data import Split
 from trainer.distributed import World, setup, teardown
 from trainer.labelled import labelled_split
 from trainer.linetune import line_half
+from trainer.mixing import interpolate_towards_parent
+from trainer.mixing import served_accuracy as accuracy
 from trainer.replay import base_sets
-from trainer.training import TrainConfig, digits_of, fit, fit_temperature, freeze, predict_logits
+from trainer.training import TrainConfig, fit, fit_temperature, freeze, predict_logits
 
 log = logging.getLogger(__name__)
-
-
-MIX_GRID = (1.0, 0.8, 0.65, 0.5, 0.35, 0.25)
-
-
-def interpolate_towards_parent(
-    model: torch.nn.Module, parent: torch.nn.Module, selection: Split, max_drop: float
-) -> float:
-    """Pull the fine-tuned weights back towards the parent's (weight-space interpolation, as in
-    WiSE-FT) as little as possible: the largest mixing weight in ``MIX_GRID`` whose base accuracy
-    on ``selection`` is within ``max_drop`` of the parent's. Fine-tuning on a new style learns it
-    fast but drifts on the base data; halfway back keeps most of the new skill and little of
-    the drift. Returns the weight chosen (1.0: the fine-tuned model as it is; the grid's last
-    when none passes).
-
-    Base accuracy falls as the weight moves from the parent towards the drifted model, so the
-    grid is searched by bisection: at most four scorings of ``selection`` where a scan down the
-    grid took six, each a full pass over the images."""
-    floor = accuracy(parent, selection) - max_drop
-    tuned = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    start = {k: v.to(tuned[k].device) for k, v in parent.state_dict().items()}
-
-    def mix(alpha: float) -> None:
-        model.load_state_dict(
-            {
-                k: (alpha * v.float() + (1 - alpha) * start[k].float()).to(v.dtype) if v.is_floating_point() else v
-                for k, v in tuned.items()
-            }
-        )
-
-    def passes(alpha: float) -> bool:
-        mix(alpha)
-        return accuracy(model, selection) >= floor
-
-    if passes(MIX_GRID[0]):
-        return MIX_GRID[0]
-    low, high = 1, len(MIX_GRID) - 1  # the answer lies in MIX_GRID[low:high + 1]; the last needs no check
-    while low < high:
-        middle = (low + high) // 2
-        if passes(MIX_GRID[middle]):
-            high = middle
-        else:
-            low = middle + 1
-    mix(MIX_GRID[low])  # the model leaves holding the weights chosen
-    return MIX_GRID[low]
-
-
-def accuracy(model: torch.nn.Module, split: Split) -> float:
-    """Share read right, in the precision workers serve where the hardware has bf16: the gate and
-    the pull towards the parent compare models, and those passes are most of a retrain's scoring."""
-    if len(split) == 0:
-        return float("nan")
-    bf16 = bf16_capable(next(model.parameters()).device)
-    return float((digits_of(predict_logits(model, split.images, bf16=bf16)) == split.labels).float().mean())
 
 
 def retrain(settings: Settings, registry: Registry, labels: Labels, *, progress: bool = False) -> dict[str, Any]:

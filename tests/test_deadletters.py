@@ -29,7 +29,7 @@ DELIVERIES = "inkq-test:deliveries"
 
 
 class SlowWorker(WorkerProcess):
-    """`celery -A tests.slow_worker worker`: the real worker with a slow or hung model call."""
+    """`celery -A tests.slow_worker worker`: the real worker with a gated or hung model call."""
 
     def __init__(self, env: dict[str, str], name: str, log: Path, settings: dict[str, str], **test: str) -> None:
         test_env = env | test | {"INKQ_TEST_DELIVERIES": DELIVERIES}

@@ -8,7 +8,18 @@ from typing import Any
 
 from config.errors import ConfigError
 
-__all__ = ["parse_setting"]
+__all__ = ["parse_setting", "setting"]
+
+
+def setting(
+    default: Any, doc: str, *, choices: tuple[str, ...] = (), minimum: float | None = None, secret: bool = False
+) -> Any:
+    """A settings field: its default, the documentation the README's table shows, and what
+    ``parse_setting`` accepts for it."""
+    # A secret stays out of the settings' repr, so logging the settings cannot leak it.
+    return dataclasses.field(
+        default=default, repr=not secret, metadata={"doc": doc, "choices": choices, "minimum": minimum}
+    )
 
 
 def parse_setting(f: dataclasses.Field[Any], raw: Any, where: str) -> Any:

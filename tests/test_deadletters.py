@@ -135,8 +135,9 @@ def test_message_slower_than_the_visibility_timeout_is_delivered_once(
         taken = max(at for _, at in deliveries(client.redis))
 
         def outlived() -> bool:  # the visibility keeper has re-stamped both well past their timeout
-            stamps = client.redis.zrange(Keys().broker_unacked_index, 0, -1, withscores=True)
-            return len(stamps) == 2 and min(at for _, at in stamps) > taken + 4 * 2
+            rows = client.redis.zrange(Keys().broker_unacked_index, 0, -1, withscores=True)  # (tag, stamp)
+            stamps = [float(row[1]) for row in rows]
+            return len(stamps) == 2 and min(stamps) > taken + 4 * 2
 
         wait_for(outlived, 60, "both messages held for four visibility timeouts")
         gate.open()

@@ -37,7 +37,7 @@ from recognizer.decoding import decode_colour
 from recognizer.sequence import build, line_input
 from storage.labels import Labels, Sample
 from trainer import sequence
-from trainer.mixing import MIX_GRID
+from trainer.mixing import pull_back
 from trainer.seqpublish import gate_pool
 
 __all__ = ["GUARD_TOLERANCE", "LineOutcome", "labelled_lines", "line_half", "tune_lines"]
@@ -110,19 +110,6 @@ def _generated(root: Path, seed: int) -> sequence.Lines:
     return out
 
 
-def _pull_back(model: torch.nn.Module, parent: dict[str, torch.Tensor], select: sequence.Lines, floor: float) -> float:
-    """Leave ``model`` at the largest weight of ``MIX_GRID`` between it (1.0) and the parent
-    that reads ``select`` at least at ``floor``; the grid's last when none does."""
-    tuned = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    for alpha in MIX_GRID:
-        model.load_state_dict(
-            {k: alpha * v + (1 - alpha) * parent[k] if v.is_floating_point() else v for k, v in tuned.items()}
-        )
-        if _exact(model, select) >= floor:
-            break
-    return alpha
-
-
 def _mixed(new: sequence.Lines, replay: sequence.Lines) -> sequence.Lines:
     return sequence.Lines(new.ink + replay.ink, new.texts + replay.texts, new.kinds + replay.kinds)
 
@@ -150,7 +137,7 @@ def tune_lines(
     steps = settings.retrain_line_steps
     epochs = steps * BATCH / len(mixed.texts)  # a fixed number of steps, however many lines
     sequence.train(model, mixed, epochs, batch=BATCH, lr=LEARNING_RATE, max_steps=steps, seed=seed)
-    mix = _pull_back(model, parent, select, floor)
+    mix = pull_back(model, parent, lambda m: _exact(m, select), floor)
     after = {"held": _exact(model, held), "guard": _exact(model, guard)}
     figures = {f"{k}_{when}": round(v, 2) for when, d in (("before", before), ("after", after)) for k, v in d.items()}
     figures["mix"] = mix

@@ -3,11 +3,13 @@
 Fine-tuning on something new (a labelled style, a field's cut characters) learns it fast but
 drifts on what the parent already read. Mixing the two sets of weights (as WiSE-FT does) keeps
 most of the new skill and little of the drift; the mix is chosen on images neither trained on.
-A retrain pulls its candidate back this way (trainer/retrain.py), and so does the base model's
-field stage (trainer/fieldstage.py).
+A retrain pulls its candidate back this way (trainer/retrain.py) and its line reader too
+(trainer/linetune.py), and so does the base model's field stage (trainer/fieldstage.py).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -15,7 +17,7 @@ from recognizer.engine import bf16_capable
 from trainer.data import Split
 from trainer.training import digits_of, predict_logits
 
-__all__ = ["MIX_GRID", "interpolate_towards_parent", "served_accuracy"]
+__all__ = ["MIX_GRID", "interpolate_towards_parent", "pull_back", "served_accuracy"]
 
 # Mixing weights tried, from the fine-tuned model as it is (1.0) towards the parent; below a
 # quarter the fine-tuning has all but gone, so the search stops there.
@@ -40,15 +42,28 @@ def interpolate_towards_parent(
 ) -> float:
     """Pull the fine-tuned weights back towards the parent's as little as possible: the largest
     mixing weight in ``MIX_GRID`` whose accuracy on ``selection`` is within ``max_drop`` of the
-    parent's. Returns the weight chosen (1.0: the fine-tuned model as it is; the grid's last when
-    none passes); ``scores``, when given, receives each weight tried and its accuracy.
-
-    Accuracy on the parent's data falls as the weight moves from the parent towards the drifted
-    model, so the grid is searched by bisection: at most four scorings of ``selection`` where a
-    scan down the grid took six, each a full pass over the images."""
+    parent's (``pull_back``). Returns the weight chosen; ``scores``, when given, receives each
+    weight tried and its accuracy."""
     floor = served_accuracy(parent, selection) - max_drop
+    return pull_back(model, parent.state_dict(), lambda m: served_accuracy(m, selection), floor, scores)
+
+
+def pull_back(
+    model: torch.nn.Module,
+    parent: dict[str, torch.Tensor],
+    score: Callable[[torch.nn.Module], float],
+    floor: float,
+    scores: dict[float, float] | None = None,
+) -> float:
+    """Leave ``model`` at the largest weight of ``MIX_GRID`` between it (1.0) and the ``parent``
+    weights whose ``score`` is at least ``floor``; the grid's last when none is. Returns the
+    weight chosen; ``scores``, when given, receives each weight tried and its score.
+
+    The score on the parent's data falls as the weight moves from the parent towards the drifted
+    model, so the grid is searched by bisection: at most four scorings where a scan down the grid
+    took six, each a full pass over the images."""
     tuned = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    start = {k: v.to(tuned[k].device) for k, v in parent.state_dict().items()}
+    start = {k: v.to(tuned[k].device) for k, v in parent.items()}
 
     def mix(alpha: float) -> None:
         model.load_state_dict(
@@ -60,10 +75,10 @@ def interpolate_towards_parent(
 
     def passes(alpha: float) -> bool:
         mix(alpha)
-        score = served_accuracy(model, selection)
+        got = score(model)
         if scores is not None:
-            scores[alpha] = score
-        return score >= floor
+            scores[alpha] = got
+        return got >= floor
 
     if passes(MIX_GRID[0]):
         return MIX_GRID[0]

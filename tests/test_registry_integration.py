@@ -15,7 +15,6 @@ from storage.registry import Registry
 from tests.conftest import BIN, WorkerProcess, wait_for
 from tests.models import untrained_weights as random_model
 from tests.models import version_meta as meta
-from trainer.mixing import MIX_GRID
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -53,8 +52,6 @@ def test_train_is_gated_and_make_current_overrides(env: dict[str, str], mnist_ro
     stage = info.training["field_stage"]
     assert info.arch["num_classes"] == 11 and stage["cuts"] > 0 and stage["rejects"] > 0
     assert 0.0 <= info.metrics["val_accuracy"] == stage["mnist_val_accuracy"] <= 1.0
-    # ... pulled back towards the ten-class base as far as MNIST validation asked for.
-    assert stage["mix"] in MIX_GRID and (str(stage["mix"]) in stage["mix_val_accuracy"] or stage["mix"] == MIX_GRID[-1])
 
 
 @pytest.mark.timeout(300)

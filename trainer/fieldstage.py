@@ -5,16 +5,11 @@ MNIST digits are centred, clean and alone; a field's characters are resampled fr
 carry a neighbour's stroke or a rule's remnant, and half of the candidates the reader weighs are
 fragments or pairs. The stage cuts generated fields drawn from the *training* digits outside the
 validation split (trainer/fieldcuts.py), widens the output layer to eleven classes, and trains
-the upper layers for one epoch on those cuts mixed with MNIST. Even so the cuts pull the digits
-away from MNIST's, so the stage ends by pulling its weights back towards the base model's
-(trainer/mixing.py) as little as keeps MNIST validation accuracy where the base model left it:
-single digits stay as they were, and fields keep what the mix leaves of the stage.
+the upper layers for one epoch on those cuts mixed with MNIST, so single digits stay as they were.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import logging
 from typing import Any
 
@@ -26,8 +21,7 @@ from recognizer import network
 from trainer.data import Split, load_raw, validation_order
 from trainer.distributed import World
 from trainer.fieldcuts import REJECT, field_cuts
-from trainer.mixing import interpolate_towards_parent
-from trainer.training import TrainConfig, TrainResult, fit, fit_temperature, predict_logits
+from trainer.training import TrainConfig, TrainResult, fit
 
 __all__ = ["FIELD_ARCH", "field_stage", "widen"]
 
@@ -78,26 +72,17 @@ def field_stage(
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 13))[:MNIST_SHARE]
     mixed = Split(torch.cat([train.images[pick], cuts]), torch.cat([train.labels[pick], cut_labels]))
     checked = Split(torch.cat([val.images, val_cuts]), torch.cat([val.labels, val_labels]))
-    base = widen(model)
-    wide = copy.deepcopy(base)
+    wide = widen(model)
     for name, p in wide.named_parameters():
         p.requires_grad = not name.startswith(FROZEN)
     log.info("field stage: %d cut characters and non-characters from %d fields, %d MNIST", len(cuts), fields, len(pick))
     result = fit(wide, mixed, checked, config, world)
     for p in wide.parameters():
         p.requires_grad = True
-    scores: dict[float, float] = {}
-    mix = interpolate_towards_parent(wide, base, val, 0.0, scores)
-    # Calibrated on the weights that ship, after the mix, as a retrain does.
-    temperature = fit_temperature(predict_logits(wide, checked.images), checked.labels)
-    result = dataclasses.replace(result, temperature=temperature)
-    log.info("field stage: mixed %.2f of the stage into the base model (MNIST validation by weight: %s)", mix, scores)
     counts: dict[str, Any] = {
         "fields": fields,
         "cuts": len(cuts),
         "rejects": int((cut_labels == REJECT).sum()),
         "mnist": len(pick),
-        "mix": mix,
-        "mix_val_accuracy": {str(k): v for k, v in scores.items()},
     }
     return wide, result, counts

@@ -3,8 +3,9 @@
 Fine-tuning on something new (a labelled style, a field's cut characters) learns it fast but
 drifts on what the parent already read. Mixing the two sets of weights (as WiSE-FT does) keeps
 most of the new skill and little of the drift; the mix is chosen on images neither trained on.
-A retrain pulls its candidate back this way (trainer/retrain.py) and its line reader too
-(trainer/linetune.py), and so does the base model's field stage (trainer/fieldstage.py).
+A retrain pulls its candidate back this way (trainer/retrain.py), and its line reader too
+(trainer/linetune.py). (The base model's field stage does not: mixed halfway back it read more
+MNIST digits but lost most of what it had learned of free fields; BENCHMARKS.md.)
 """
 
 from __future__ import annotations
@@ -38,14 +39,12 @@ def interpolate_towards_parent(
     parent: torch.nn.Module,
     selection: Split,
     max_drop: float,
-    scores: dict[float, float] | None = None,
 ) -> float:
     """Pull the fine-tuned weights back towards the parent's as little as possible: the largest
     mixing weight in ``MIX_GRID`` whose accuracy on ``selection`` is within ``max_drop`` of the
-    parent's (``pull_back``). Returns the weight chosen; ``scores``, when given, receives each
-    weight tried and its accuracy."""
+    parent's (``pull_back``). Returns the weight chosen."""
     floor = served_accuracy(parent, selection) - max_drop
-    return pull_back(model, parent.state_dict(), lambda m: served_accuracy(m, selection), floor, scores)
+    return pull_back(model, parent.state_dict(), lambda m: served_accuracy(m, selection), floor)
 
 
 def pull_back(
@@ -53,11 +52,10 @@ def pull_back(
     parent: dict[str, torch.Tensor],
     score: Callable[[torch.nn.Module], float],
     floor: float,
-    scores: dict[float, float] | None = None,
 ) -> float:
     """Leave ``model`` at the largest weight of ``MIX_GRID`` between it (1.0) and the ``parent``
     weights whose ``score`` is at least ``floor``; the grid's last when none is. Returns the
-    weight chosen; ``scores``, when given, receives each weight tried and its score.
+    weight chosen.
 
     The score on the parent's data falls as the weight moves from the parent towards the drifted
     model, so the grid is searched by bisection: at most four scorings where a scan down the grid
@@ -75,10 +73,7 @@ def pull_back(
 
     def passes(alpha: float) -> bool:
         mix(alpha)
-        got = score(model)
-        if scores is not None:
-            scores[alpha] = got
-        return got >= floor
+        return score(model) >= floor
 
     if passes(MIX_GRID[0]):
         return MIX_GRID[0]

@@ -65,13 +65,15 @@ def from_file(weights: Path) -> TrainedModel:
     )
 
 
-def engine_from(model: TrainedModel, *, compile: bool = False) -> Engine:
-    """An engine as a worker would build it (eager by default: a short run does not pay for a compile)."""
+def engine_from(model: TrainedModel, *, compile: bool = False, precision: str = "auto") -> Engine:
+    """An engine as a worker would build it (eager by default: a short run does not pay for a
+    compile). ``auto`` never takes int8 here (no measured agreement is passed); ask for it."""
     classes = artifact.classes(model.weights)
     return Engine.from_weights(
         model.weights,
         dict(network.DEFAULT_ARCH) | {"num_classes": classes},
         temperature=model.temperature,
         compile=compile,
+        precision=precision,
         buckets=(1, 8, 32, 128),
     )

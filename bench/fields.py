@@ -220,6 +220,13 @@ def measure(pool: DigitPool, reader: Reader, split: str, count: int) -> dict[str
     show_default=True,
     help="MNIST test digits read through the single-digit path, for comparison.",
 )
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "int8"]),
+    default="auto",
+    show_default=True,
+    help="The digit network's precision (int8: calibrated on the version's images, as workers do).",
+)
 @click.option("--data-root", envvar="INKQ_DATA_ROOT", show_envvar=True, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the figures here."
@@ -240,6 +247,7 @@ def main(
     train_epochs: int,
     cache: Path,
     digits: int,
+    precision: str,
     data_root: Path,
     json_out: Path | None,
     sheet: Path | None,
@@ -248,7 +256,7 @@ def main(
     engine = None
     if method in ("seg", "served") or digits:
         model = _digit_model(source, weights, data_root, cache, train_limit, train_epochs)
-        engine = engine_from(model)
+        engine = engine_from(model, precision=precision)
     if method == "seq":
         if seq_weights is None:
             raise click.UsageError("--method seq needs --seq-weights PATH (from `python -m trainer.sequence`)")
@@ -263,6 +271,8 @@ def main(
         reader, described = segmenting(engine), model.source
     pool = DigitPool(*load_mnist(data_root, train=split == "val"))
     figures: dict[str, Any] = {"split": split, "method": method, "model": described, "count": count}
+    if engine is not None:
+        figures["engine"] = engine.describe()
     figures |= measure(pool, reader, split, count)
     if engine is not None and digits:
         images, labels = load_mnist(data_root, train=False)

@@ -109,10 +109,11 @@ class Engine:
         # where it is not taken, "int8" falls back to what "auto" would choose.
         calibrated = calibration is not None
         self.int8 = quantize.use_int8(precision, self.device, calibrated=calibrated, agreement=int8_agreement)
-        self.dtype = torch.float32 if self.int8 else resolve_precision(precision, self.device, bf16_agreement)
+        floating = resolve_precision(precision, self.device, bf16_agreement)  # int8 asked for: what auto takes
+        self.dtype = torch.float32 if self.int8 else floating
         # The version's line reader for fields (recognizer/sequence.py), when it has one: bf16
-        # where the digit network serves bf16.
-        bf16 = self.dtype == torch.bfloat16
+        # where the digit network serves bf16, or serves int8 on a CPU that has bf16.
+        bf16 = floating == torch.bfloat16
         self.sequence = sequence.to(self.device, bf16=bf16) if sequence is not None else None
         self.buckets = tuple(sorted(set(int(b) for b in buckets)))
         self.temperature = float(temperature)

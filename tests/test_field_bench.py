@@ -4,11 +4,17 @@ and unmarked)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+from click.testing import CliRunner
 
 from bench.fields import REVIEW_THRESHOLD, _score, char_errors, flagged
+from bench.fields import main as fields_cli
 from bench.synth import Field
 from recognizer.fields import CharReading, FieldReading
+from tests.models import untrained_weights
 
 
 def _field(text: str) -> Field:
@@ -56,3 +62,18 @@ def test_scores_separate_reviewed_from_silent_errors() -> None:
     assert score["unreviewed_exact"] == 50.0
     assert score["silent_errors"] == 25.0
     assert score["segmented"] == 75.0
+
+
+def test_the_cli_reads_fields_with_the_digit_network_in_the_precision_asked_for(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    weights = tmp_path / "digits.safetensors"
+    weights.write_bytes(untrained_weights(3))
+    weights.with_suffix(".json").write_text(json.dumps({"temperature": 1.0}))
+    out = tmp_path / "fields.json"
+    args = ["--method", "seg", "--model", "file", "--weights", str(weights), "--count", "2", "--digits", "0"]
+    args += ["--precision", "fp32", "--data-root", str(mnist_root), "--json", str(out)]
+    run = CliRunner().invoke(fields_cli, args)
+    assert run.exit_code == 0, run.output
+    figures = json.loads(out.read_text())
+    assert "eager float32" in figures["engine"] and figures["comb"]["fields"] == 2

@@ -68,13 +68,14 @@ def test_retrain_promotes_rejects_and_rolls_back(
     assert good["after"]["base_heldout_accuracy"] >= good["before"]["base_heldout_accuracy"] - 0.01
     phases = good["phase_seconds"]  # every step named, and together they are the run
     steps = ["prepare", "score_before", "train", "mix_and_calibrate", "score_after", "line_reader"]
-    steps += ["bf16_agreement", "publish"]
+    steps += ["bf16_agreement", "int8_agreement", "publish"]
     assert set(phases) == set(steps)  # the JSON's keys come sorted
     assert sum(phases.values()) <= good["seconds"] + 0.1 and phases["train"] > 0
     listed = versions(env)
     assert listed["current"] == good["version"] == "v2"
     v2 = listed["versions"][-1]  # type: ignore[index]
     assert (v2["parent"], v2["status"]) == ("v1", "promoted")
+    assert 0.9 <= v2["metrics"]["int8_agreement"] <= 1.0  # measured for its own weights, so auto may serve int8
 
     # Training that wrecks the model: the candidate is kept as rejected, the current model stays.
     more = label_folder(tmp_path / "more", images[300:420], labels[300:420])

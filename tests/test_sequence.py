@@ -14,7 +14,7 @@ import torch
 from bench.synth import STYLES, DigitPool, load_mnist, render_field
 from config.errors import ArtifactCorruptError, BlankImageError, ImageTooLargeError
 from recognizer import artifact, network
-from recognizer.engine import Engine
+from recognizer.engine import Engine, bf16_capable
 from recognizer.sequence import BLANK, HEIGHT, STRIDE, SequenceReader, best_path, build, decode, frames, line_input
 from trainer.sequence import Lines, _loss, evaluate, train
 
@@ -104,6 +104,11 @@ def test_a_version_carries_its_line_reader_in_its_one_file() -> None:
     assert engine.sequence is not None and "free fields by sequence network" in engine.describe()
     assert artifact.sequence_state(artifact.dump(digits)) is None
     assert Engine.from_weights(artifact.dump(digits), network.DEFAULT_ARCH, compile=False).sequence is None
+    # Beside an int8 digit network the line reader keeps the floating precision auto would take.
+    calibrated = artifact.dump(digits, torch.rand(16, 1, 28, 28), lines)
+    int8 = Engine.from_weights(calibrated, network.DEFAULT_ARCH, compile=False, precision="int8")
+    assert int8.int8 and int8.sequence is not None
+    assert int8.sequence.bf16 == bf16_capable(torch.device("cpu"))
     broken = artifact.dump(digits, None, {"fc.weight": torch.zeros(3, 3)})
     with pytest.raises(ArtifactCorruptError, match="sequence network weights do not load"):
         Engine.from_weights(broken, network.DEFAULT_ARCH, compile=False)

@@ -41,6 +41,19 @@ def bf16_agreement(model: torch.nn.Module, images: torch.Tensor) -> float:
     return float((fp32 == bf16).float().mean())
 
 
+def int8_agreement(model: torch.nn.Module, calibration: torch.Tensor, images: torch.Tensor) -> float | None:
+    """Share of ``images`` (prepared) on which an int8 copy of ``model``, calibrated on
+    ``calibration`` as workers calibrate it, predicts the digit fp32 predicts: what lets ``auto``
+    serve the version in int8 (``quantize.INT8_MIN_AGREEMENT``). None when int8 cannot be built
+    here, which leaves the version to bf16 or fp32 and is no reason to lose the training run."""
+    try:
+        cpu = copy.deepcopy(model).cpu()
+        return quantize.int8_agreement(cpu, normalize(calibration.cpu()), normalize(images.cpu()))
+    except Exception as exc:  # torch.export or the quantizer refusing this build: an optional figure
+        log.warning("int8 agreement not measured (%s): auto will not serve this version in int8", exc)
+        return None
+
+
 def train_base(
     settings: Settings,
     registry: Registry,
@@ -116,9 +129,9 @@ def _train_base(
         "test_n": len(test),
         "bf16_agreement": bf16_agreement(model, val.images),
     }
-    # int8_agreement is not measured yet (a train run timed out with it; see BENCHMARKS.md, int8),
-    # so "auto" never takes int8; the images let INKQ_PRECISION=int8 serve this version.
     calibration = quantize.calibration_sample(train.images)
+    if (int8 := int8_agreement(model, calibration, val.images)) is not None:
+        metrics["int8_agreement"] = int8
     assert lease is not None  # rank 0 holds the lock
     promoted, reason, current = gate(settings, registry, test, test_accuracy, make_current)
     info = registry.publish(
@@ -162,6 +175,7 @@ def _train_base(
         "test_accuracy": test_accuracy,
         "val_accuracy": result.val_accuracy,
         "bf16_agreement": metrics["bf16_agreement"],
+        "int8_agreement": metrics.get("int8_agreement"),
         "temperature": temperature,
         "train_seconds": result.seconds,
         "field_stage": stage,

@@ -28,7 +28,7 @@ from recognizer.engine import Engine, bf16_capable
 from storage.labels import Labels, held_out
 from storage.lock import Lease
 from storage.registry import Registry, VersionInfo, VersionStatus
-from trainer.base import bf16_agreement
+from trainer.base import bf16_agreement, int8_agreement
 from trainer.data import Split
 from trainer.distributed import World, setup, teardown
 from trainer.labelled import labelled_split
@@ -158,6 +158,15 @@ def _retrain(
         **{f"lines_{k}": v for k, v in lines.figures.items()},
     }
     phases.mark("bf16_agreement")
+    # The parent's digits ship unchanged with the parent's calibration images: so does its figure.
+    int8 = (
+        parent.metrics.get("int8_agreement")
+        if parent_digits
+        else int8_agreement(model, calibration, base_heldout.images)
+    )
+    if int8 is not None:
+        metrics["int8_agreement"] = int8
+    phases.mark("int8_agreement")
     if parent_digits and lines.state is not None:
         payload, temperature = artifact.with_sequence(parent_weights, lines.state), parent.temperature
     else:

@@ -28,6 +28,8 @@ import redis
 from config.errors import JobNotFoundError
 from storage.keys import Keys
 from storage.manifest import PAGE, Item, Manifest
+from storage.outage import GRACE_S as OUTAGE_GRACE_S
+from storage.outage import TRANSIENT, Outage
 from storage.utils import as_text
 
 __all__ = ["ItemResult", "JobState", "JobStatus", "Jobs", "script"]
@@ -124,6 +126,7 @@ class Jobs:
         self.keys = keys
         self.ttl_s = ttl_s
         self.lease_s = lease_s
+        self.outage_grace_s = OUTAGE_GRACE_S
         self.manifest = Manifest(client, keys, ttl_s)
         self._write = script(client, "write_results.lua")
 
@@ -206,20 +209,29 @@ class Jobs:
 
     def wait(self, job: str, timeout: float | None) -> JobStatus:
         """Block until the job is settled (complete, cancelled, or its submit interrupted) or
-        ``timeout`` seconds pass; returns the last status."""
+        ``timeout`` seconds pass; returns the last status. Rides out a Redis outage of up to
+        ``outage_grace_s`` (a Sentinel failover, a restart) and raises StoreUnavailableError past it."""
         deadline = None if timeout is None else time.monotonic() + timeout
         finished = self.keys.job_finished(job)
+        outage = Outage(f"waiting for job {job}", self.outage_grace_s)
+        status: JobStatus | None = None
         while True:
-            status = self.status(job)
-            if status.settled:
-                return status
-            left = 1.0 if deadline is None else deadline - time.monotonic()
-            if left <= 0:
-                return status
-            # Woken by the completing write. BLMOVE rotates the token within its own list, so every
-            # waiter sees it and the key keeps its TTL (a pop and push back would drop it); the
-            # one-second cap re-checks the status, which notices an interrupted submit.
-            self.redis.execute_command("BLMOVE", finished, finished, "LEFT", "RIGHT", max(0.01, min(left, 1.0)))
+            try:
+                status = self.status(job)
+                if status.settled:
+                    return status
+                left = 1.0 if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    return status
+                # Woken by the completing write. BLMOVE rotates the token within its own list, so every
+                # waiter sees it and the key keeps its TTL (a pop and push back would drop it); the
+                # one-second cap re-checks the status, which notices an interrupted submit.
+                self.redis.execute_command("BLMOVE", finished, finished, "LEFT", "RIGHT", max(0.01, min(left, 1.0)))
+                outage.recovered()
+            except TRANSIENT as exc:  # a failover or restart: the job goes on without us meanwhile
+                if status is not None and deadline is not None and time.monotonic() >= deadline:
+                    return status
+                outage.failed(exc)
 
     def write_results(self, results: Iterable[ItemResult]) -> int:
         """Write a batch of results in one round trip; idempotent per (job, index)."""

@@ -9,6 +9,8 @@ by a guessed amount of time.
 
 from __future__ import annotations
 
+import time
+
 import redis
 
 from storage.utils import as_text
@@ -29,6 +31,19 @@ class Gate:
     @property
     def waiting_key(self) -> str:
         return f"{self.key}:waiting"
+
+    @property
+    def taken_key(self) -> str:
+        return f"{self.key}:taken"
+
+    def pass_through(self, worker: str) -> None:
+        """The worker's side: record the arrival, then block until a permit is given (or fail)."""
+        self.redis.rpush(self.waiting_key, worker)
+        deadline = time.monotonic() + GATE_TIMEOUT_S
+        while self.redis.blpop([self.key], timeout=1) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the test opened no gate for this batch in {GATE_TIMEOUT_S:g}s")
+        self.redis.incr(self.taken_key)
 
     def env(self) -> dict[str, str]:
         """The variables that gate a `tests.slow_worker` worker's batches."""
@@ -51,4 +66,4 @@ class Gate:
         return len(self.arrivals()) - self.taken()
 
     def taken(self) -> int:
-        return int(self.redis.get(f"{self.key}:taken") or 0)
+        return int(self.redis.get(self.taken_key) or 0)

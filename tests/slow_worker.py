@@ -16,12 +16,11 @@ import threading
 import time
 from typing import Any
 
-import redis
 from celery import signals
 
 import worker.replica
 from storage.connection import connect
-from tests.gate import GATE_TIMEOUT_S
+from tests.gate import Gate
 from worker.app import app, settings
 
 __all__ = ["app"]
@@ -31,26 +30,16 @@ _never = threading.Event()
 
 
 @functools.cache
-def _gate_client() -> redis.Redis:
-    # Not storage.connection.connect: its socket timeout would cut the blocking pops short.
-    return redis.Redis.from_url(os.environ.get("INKQ_TEST_GATE_URL") or settings.redis_url)
-
-
-def _pass_gate(key: str, hostname: str) -> None:
-    client = _gate_client()
-    client.rpush(f"{key}:waiting", hostname)
-    deadline = time.monotonic() + GATE_TIMEOUT_S
-    while client.blpop([key], timeout=1) is None:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the test opened no gate for this batch in {GATE_TIMEOUT_S:g}s")
-    client.incr(f"{key}:taken")
+def _gate(key: str) -> Gate:
+    # A plain client, not storage.connection.connect: its socket timeout would cut the blocking pops short.
+    return Gate(os.environ.get("INKQ_TEST_GATE_URL") or settings.redis_url, key)
 
 
 def _gated_run(self: worker.replica.Replica, batch: list[Any]) -> list[Any]:
     if os.environ.get("INKQ_TEST_HANG"):
         _never.wait()
     if key := os.environ.get("INKQ_TEST_GATE"):
-        _pass_gate(key, self.hostname)
+        _gate(key).pass_through(self.hostname)
     return _serve(self, batch)
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from bench.synth import DigitPool, FieldStyle, load_mnist, render_field
 from config.errors import BlankImageError, ImageDecodeError, ImageError, ImageTooLargeError
+from recognizer import ink as ink_module
 from recognizer import scan
 from recognizer.fields import FieldReading, ReaderParams, read_fields
 from recognizer.frames import find_frame
@@ -86,6 +87,21 @@ def test_comb_cells_are_found_through_colour_and_grey_rules(train_pool: DigitPoo
         ys, _ = np.nonzero(ink.marks > 0.2)
         frame = find_frame(find_rules(ink, float(ys.max() - ys.min() + 1)), ink.marks)
         assert frame.kind == "comb" and len(frame.bounds) == 6, (i, field.rule_colour, frame)
+
+
+def test_the_skew_search_finds_the_same_turn_however_many_angles_go_at_once(
+    train_pool: DigitPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Angles are searched in groups bounded by memory: the grouping must not change the answer.
+    found = []
+    for i in range(6):
+        marks = ink_maps(render_field(train_pool, (6, i), FieldStyle(kind="comb", length=(5, 5), rotation=3.0)).image)
+        monkeypatch.setattr(ink_module, "_TURNED_PIXELS", 4_000_000)
+        together = ink_module._skew(marks.marks)
+        monkeypatch.setattr(ink_module, "_TURNED_PIXELS", 1)  # one angle at a time
+        assert ink_module._skew(marks.marks) == together
+        found.append(together)
+    assert any(abs(a) >= ink_module.MIN_SKEW for a in found), found  # rotated scans were turned back
 
 
 def test_a_stroke_broken_across_is_joined_into_one_piece() -> None:

@@ -67,8 +67,8 @@ def _near(cov: np.ndarray, x: float, tol: float) -> tuple[float, int]:
     lo, hi = max(0, round(x - tol)), min(len(cov), round(x + tol) + 1)
     if hi <= lo:
         return 0.0, round(x)
-    best = float(cov[lo:hi].max())
     at = lo + int(np.argmax(cov[lo:hi]))
+    best = float(cov[at])
     end = at
     while end + 1 < len(cov) and cov[end + 1] >= best:
         end += 1
@@ -93,11 +93,16 @@ def _grid(low: np.ndarray, left: float, right: float, inner: int, t: int) -> lis
     most = int((right - left) / max(4.0, 0.3 * inner))
     for n in range(2, most + 1):
         pitch = (right - left) / n
-        found = [_near(low, left + i * pitch, max(2.0, GRID_TOLERANCE * pitch)) for i in range(1, n)]
-        # Ink beside a divider widens it: half of them a rule's width is enough.
-        thin = sum(_thin(low, at, t) for _, at in found)
-        if all(cov >= DIVIDER for cov, _ in found) and 2 * thin >= len(found):
-            best = [at for _, at in found]
+        found = []
+        for i in range(1, n):
+            cov, at = _near(low, left + i * pitch, max(2.0, GRID_TOLERANCE * pitch))
+            if cov < DIVIDER:
+                break  # a divider missing: not this grid
+            found.append(at)
+        else:
+            # Ink beside a divider widens it: half of them a rule's width is enough.
+            if 2 * sum(_thin(low, at, t) for at in found) >= len(found):
+                best = found
     return best
 
 

@@ -89,7 +89,9 @@ def _darkness(channel: np.ndarray, paper: float, contrast: float) -> np.ndarray:
 def ink_maps(image: np.ndarray) -> Ink:
     """The crop's ink and marks maps. Raises ``BlankImageError`` when it holds no ink."""
     x = _channels(image)
-    light, dark = x.max(axis=2), x.min(axis=2)
+    # Channel by channel: a reduction over a last axis of 3 is several times slower in numpy.
+    channels = [x[..., c] for c in range(x.shape[2])]
+    light, dark = np.maximum.reduce(channels), np.minimum.reduce(channels)
     border = np.concatenate([light[0], light[-1], light[:, 0], light[:, -1]])
     if float(np.median(border)) < 0.5:  # light ink on a dark field (MNIST's convention)
         light, dark = 1.0 - dark, 1.0 - light
@@ -101,10 +103,9 @@ def ink_maps(image: np.ndarray) -> Ink:
             f"no ink found: contrast between ink and paper is {max(contrast, 0):.3f}, below {MIN_CONTRAST}"
         )
     identity = np.array([[1, 0, 0], [0, 1, 0]], np.float64)
+    ink = _darkness(light, paper, contrast)
     marks = _darkness(dark, float(np.median(dark)), contrast)
-    return Ink(
-        _darkness(light, paper, contrast), np.maximum(marks, _darkness(light, paper, contrast)), identity, light.shape
-    )
+    return Ink(ink, np.maximum(marks, ink), identity, light.shape)
 
 
 def _skew(marks: np.ndarray) -> float:

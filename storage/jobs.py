@@ -229,7 +229,9 @@ class Jobs:
                 self.redis.execute_command("BLMOVE", finished, finished, "LEFT", "RIGHT", max(0.01, min(left, 1.0)))
                 outage.recovered()
             except TRANSIENT as exc:  # a failover or restart: the job goes on without us meanwhile
-                if status is not None and deadline is not None and time.monotonic() >= deadline:
+                if deadline is not None and time.monotonic() >= deadline:
+                    if status is None:
+                        outage.give_up(exc)
                     return status
                 outage.failed(exc)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import NoReturn
 
 import redis
 
@@ -53,11 +54,15 @@ class Outage:
             log.warning("%s: Redis unreachable (%s); retrying for up to %.0fs", self.what, exc, self.grace_s)
         self.failures += 1
         if now - self.since >= self.grace_s:
-            raise StoreUnavailableError(
-                f"{self.what}: Redis unreachable for {now - self.since:.0f}s ({self.failures} tries; last: {exc}); "
-                "check that Redis (or its sentinels) are up, then run the command again: nothing was lost"
-            ) from exc
+            self.give_up(exc)
         self.sleep(min(_LONGEST_PAUSE_S, _FIRST_PAUSE_S * 2 ** (self.failures - 1)))
+
+    def give_up(self, exc: Exception) -> NoReturn:
+        lasted = 0.0 if self.since is None else self.clock() - self.since
+        raise StoreUnavailableError(
+            f"{self.what}: Redis unreachable for {lasted:.0f}s ({max(1, self.failures)} tries; last: {exc}); "
+            "check that Redis (or its sentinels) are up, then run the command again: nothing was lost"
+        ) from exc
 
     def recovered(self) -> None:
         if self.since is not None:

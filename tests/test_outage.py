@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,16 @@ def test_a_wait_gives_up_when_redis_stays_away(redis_url: str) -> None:
     jobs.outage_grace_s = 1.0
     with pytest.raises(StoreUnavailableError, match="unreachable"):
         jobs.wait(jobs.create(total=1), timeout=None)
+
+
+@pytest.mark.timeout(60)
+def test_a_wait_with_a_timeout_gives_up_at_its_timeout_when_it_never_saw_the_job() -> None:
+    port = free_port()  # nothing listens there
+    jobs = Jobs(connect(f"redis://127.0.0.1:{port}/0", check=False), Keys(), ttl_s=600)
+    start = time.monotonic()
+    with pytest.raises(StoreUnavailableError, match="waiting for job j"):
+        jobs.wait("j", timeout=1.0)
+    assert time.monotonic() - start < 20  # the timeout, not the 30 s grace (redis-py retries a few s)
 
 
 @pytest.mark.integration

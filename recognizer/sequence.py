@@ -129,8 +129,8 @@ def decode(log_probs: torch.Tensor, line: LineInput) -> FieldReading:
 class SequenceReader:
     """A sequence network serving field crops: lines of similar width share a batch, padded to a
     multiple of ``pad_to`` columns so few distinct shapes are ever run. Eager: lines vary in
-    width, and one compile per width would cost more than it saves. Channels-last everywhere
-    (1.14-1.34x the default layout in fp32 on a 2-core AVX2 CPU, by width and batch); ``bf16``:
+    width, and compiling fp32 for one width gained 1.07x over this (``python -m bench.linemodel``).
+    Channels-last everywhere (1.43x the default layout in fp32 on a 2-core AVX2 CPU); ``bf16``:
     under bfloat16 autocast, where the digit engine serves bf16 (2.3 times as fast on a 2-core
     AVX512-BF16 CPU)."""
 

@@ -23,6 +23,7 @@ from torch import nn
 from config.settings import Settings
 from recognizer import artifact, network, quantize, scan
 from recognizer.aot import Packages
+from recognizer.linequant import LINE_INT8_MIN_AGREEMENT, Int8Lines
 from recognizer.prediction import Prediction
 from recognizer.sequence import SequenceReader, sequence_reader
 from storage.registry import VersionInfo
@@ -97,6 +98,7 @@ class Engine:
         calibration: torch.Tensor | None = None,
         int8_agreement: float | None = None,
         sequence: SequenceReader | None = None,
+        line_int8_agreement: float | None = None,
     ) -> None:
         # cuda_graphs: a compiled engine on CUDA replays each bucket as a CUDA graph (inductor's
         # "reduce-overhead"): at small batches launch overhead, not arithmetic, is the cost.
@@ -112,9 +114,24 @@ class Engine:
         floating = resolve_precision(precision, self.device, bf16_agreement)  # int8 asked for: what auto takes
         self.dtype = torch.float32 if self.int8 else floating
         # The version's line reader for fields (recognizer/sequence.py), when it has one: bf16
-        # where the digit network serves bf16, or serves int8 on a CPU that has bf16.
+        # where the digit network serves bf16, or serves int8 on a CPU that has bf16; int8 as
+        # well where the digits serve int8 and the version's lines agree (recognizer/linequant.py).
         bf16 = floating == torch.bfloat16
-        self.sequence = sequence.to(self.device, bf16=bf16) if sequence is not None else None
+        self.sequence = None
+        if sequence is not None:
+            lines = (
+                self.int8
+                and compile
+                and quantize.use_int8(
+                    precision,
+                    self.device,
+                    calibrated=True,
+                    agreement=line_int8_agreement,
+                    minimum=LINE_INT8_MIN_AGREEMENT,
+                )
+            )
+            int8_lines = Int8Lines(sequence.model, calibration) if lines and calibration is not None else None
+            self.sequence = sequence.to(self.device, bf16=bf16, int8=int8_lines)
         self.buckets = tuple(sorted(set(int(b) for b in buckets)))
         self.temperature = float(temperature)
         # The engine owns its copy: casting or compiling must never touch the caller's module.
@@ -166,7 +183,7 @@ class Engine:
     def describe(self) -> str:
         kind = ("compiled + CUDA graphs" if self.cuda_graphs else "compiled") if self.compiled else "eager"
         kind = "AOT-compiled (packages)" if self.source == "aot" else kind
-        lines = ", free fields by sequence network" if self.sequence is not None else ""
+        lines = f", fields by {self.sequence.precision} line reader" if self.sequence is not None else ""
         costs = f" ({'/'.join(f'{ms:.1f}' for ms in self.bucket_ms.values())} ms)" if self.bucket_ms else ""
         return f"{kind} {self.precision} on {self.device}, buckets {list(self.buckets)}{costs}{lines}"
 
@@ -195,10 +212,21 @@ class Engine:
                 log.warning("torch.compile failed (%s); serving the eager model instead", self.compile_error)
                 self._forward, self.compiled, self.cuda_graphs, self.source = self.model, False, False, "eager"
                 return self.warm(time_buckets=time_buckets) + (time.perf_counter() - start)
+        self._warm_lines()
         if time_buckets:
             self.bucket_ms = self._time_buckets()
         self.warm_seconds = time.perf_counter() - start
         return self.warm_seconds
+
+    def _warm_lines(self) -> None:
+        """Compile the int8 line reader's widths; if that fails, fields are read in float."""
+        if self.sequence is None or self.sequence.int8 is None:
+            return
+        try:
+            self.sequence.int8.warm()
+        except Exception as exc:
+            log.warning("the int8 line reader failed to compile (%s); reading lines in float", f"{exc}"[:300])
+            self.sequence.int8 = None
 
     def _time_buckets(self) -> dict[int, float]:
         """Milliseconds one batch of each bucket takes, warm (the better of two runs): what the
@@ -278,6 +306,7 @@ def engine_for(info: VersionInfo, weights: bytes, settings: Settings, **override
         "bf16_agreement": info.metrics.get("bf16_agreement"),
         "packages": packages_for(info, settings),
         "int8_agreement": info.metrics.get("int8_agreement"),
+        "line_int8_agreement": info.metrics.get("line_int8_agreement"),
     }
     return Engine.from_weights(weights, info.arch, **(options | overrides))
 

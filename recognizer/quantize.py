@@ -51,11 +51,17 @@ def int8_capable(device: torch.device) -> bool:
 
 
 def use_int8(
-    precision: str, device: torch.device, *, calibrated: bool, agreement: float | None, capable: bool | None = None
+    precision: str,
+    device: torch.device,
+    *,
+    calibrated: bool,
+    agreement: float | None,
+    capable: bool | None = None,
+    minimum: float = INT8_MIN_AGREEMENT,
 ) -> bool:
     """Whether an engine serves int8. ``int8`` asks for it wherever it can be built (a CPU and a
     version with calibration images); ``auto`` takes it only on int8 hardware and when the version's
-    measured agreement with fp32 is at least ``INT8_MIN_AGREEMENT`` (unmeasured: no)."""
+    measured agreement with fp32 is at least ``minimum`` (unmeasured: no)."""
     if precision not in ("int8", "auto") or device.type != "cpu" or not calibrated:
         if precision == "int8":
             log.warning("int8 needs a CPU and a version with calibration images (trained by this code); not int8")
@@ -63,7 +69,7 @@ def use_int8(
     if precision == "int8":
         return True
     hardware = int8_capable(device) if capable is None else capable
-    return hardware and agreement is not None and agreement >= INT8_MIN_AGREEMENT
+    return hardware and agreement is not None and agreement >= minimum
 
 
 def calibration_sample(images: torch.Tensor, n: int = CALIBRATION_N) -> torch.Tensor:

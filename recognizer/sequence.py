@@ -30,7 +30,8 @@ from torch import nn
 from config.errors import ArtifactCorruptError, ImageDecodeError, ImageError
 from recognizer.fields import Box, CharReading, FieldReading, ink_box
 from recognizer.ink import FAINT
-from recognizer.lines import HEIGHT, PAPER, STRIDE, LineInput, frames, line_from, line_input
+from recognizer.linequant import BATCH, Int8Lines, padded
+from recognizer.lines import HEIGHT, STRIDE, LineInput, frames, line_from, line_input
 
 __all__ = [
     "BLANK",
@@ -132,31 +133,48 @@ class SequenceReader:
     width, and compiling fp32 for one width gained 1.07x over this (``python -m bench.linemodel``).
     Channels-last everywhere (1.43x the default layout in fp32 on a 2-core AVX2 CPU); ``bf16``:
     under bfloat16 autocast, where the digit engine serves bf16 (2.3 times as fast on a 2-core
-    AVX512-BF16 CPU)."""
+    AVX512-BF16 CPU). ``int8``: an int8 copy (recognizer/linequant.py) that reads, ``BATCH``
+    lines at a time, every line it takes; the float model reads the rest."""
 
-    def __init__(self, model: nn.Module, *, batch: int = 32, pad_to: int = 32, bf16: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        batch: int = 32,
+        pad_to: int = 32,
+        bf16: bool = False,
+        int8: Int8Lines | None = None,
+    ) -> None:
         self.model = model.eval()
         self.batch = batch
         self.pad_to = pad_to
         self.bf16 = bf16
+        self.int8 = int8
         self.device = next(model.parameters()).device
 
-    def to(self, device: torch.device, *, bf16: bool = False) -> SequenceReader:
+    def to(self, device: torch.device, *, bf16: bool = False, int8: Int8Lines | None = None) -> SequenceReader:
         model = self.model.to(device).to(memory_format=torch.channels_last)
-        return SequenceReader(model, batch=self.batch, pad_to=self.pad_to, bf16=bf16)
+        return SequenceReader(model, batch=self.batch, pad_to=self.pad_to, bf16=bf16, int8=int8)
+
+    @property
+    def precision(self) -> str:
+        return "int8" if self.int8 is not None else "bf16" if self.bf16 else "fp32"
 
     @torch.no_grad()
     def log_probs(self, lines: list[LineInput]) -> list[torch.Tensor]:
         out: list[torch.Tensor] = [torch.empty(0)] * len(lines)
         order = sorted(range(len(lines)), key=lambda i: lines[i].width)
-        for start in range(0, len(order), self.batch):
-            idx = order[start : start + self.batch]
-            width = self.pad_to * math.ceil(max(lines[i].width for i in idx) / self.pad_to)
-            x = np.full((len(idx), 1, HEIGHT, width), PAPER, np.float32)
-            for row, i in enumerate(idx):
-                x[row, :, :, : lines[i].width] = lines[i].x
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                logits = self.model(torch.from_numpy(x).to(self.device))
+        # Sorted by width, the lines int8 takes come first: int8 reads them BATCH at a time.
+        narrow = sum(self.int8 is not None and self.int8.takes(line.width) for line in lines)
+        chunks = [order[s : s + BATCH] for s in range(0, narrow, BATCH)]
+        chunks += [order[s : s + self.batch] for s in range(narrow, len(order), self.batch)]
+        for idx in chunks:
+            chunk = [lines[i] for i in idx]
+            if self.int8 is not None and self.int8.takes(max(line.width for line in chunk)):
+                logits = self.int8(padded(chunk))
+            else:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                    logits = self.model(padded(chunk, step=self.pad_to).to(self.device))
             scores = logits.float().log_softmax(-1).cpu()
             for row, i in enumerate(idx):
                 out[i] = scores[row]

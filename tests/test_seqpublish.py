@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.synth import load_mnist
 from config.settings import Settings
 from recognizer import artifact, network
 from recognizer.engine import Engine
@@ -64,3 +65,26 @@ def test_a_better_line_reader_becomes_current_and_workers_build_it(
 
 def state(data: bytes) -> dict[str, torch.Tensor]:
     return artifact.load_into(network.build(), data).state_dict()
+
+
+def test_a_line_readers_int8_agreement_is_measured_for_it_and_never_inherited(redis_url: str, mnist_root: Path) -> None:
+    """Workers serve int8 lines only on a measured agreement: the child's is its own line
+    reader's, measured on the gate's lines with the parent's calibration digits."""
+    registry = Registry(connect(redis_url), Keys())
+    images, _ = load_mnist(mnist_root, train=True)
+    digits = torch.from_numpy(images[:64]).float()[:, None] / 255
+    stale = {"val_accuracy": 0.5, "line_int8_agreement": 0.125}  # another line reader's figure
+    registry.publish(artifact.dump(network.build(), digits), version_meta(status="promoted", metrics=stale))
+    torch.manual_seed(0)
+    outcome = seqpublish.publish(
+        Settings(redis_url=redis_url), registry, build(), seqpublish.gate_pool(mnist_root, 300), 10
+    )
+    info, _ = registry.weights(outcome["version"])
+    agreement = info.metrics["line_int8_agreement"]
+    assert 0.0 <= agreement <= 1.0 and agreement != 0.125
+    # Without calibration digits nothing can be measured, and nothing is carried over either.
+    registry.publish(untrained_weights(2), version_meta(status="promoted", metrics=stale), make_current=True)
+    outcome = seqpublish.publish(
+        Settings(redis_url=redis_url), registry, build(), seqpublish.gate_pool(mnist_root, 300), 10
+    )
+    assert "line_int8_agreement" not in registry.weights(outcome["version"])[0].metrics

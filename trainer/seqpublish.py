@@ -10,22 +10,29 @@ rejected, with the figures, and nothing changes for the workers.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from bench.synth import STYLES, DigitPool, load_mnist, render_field
+from config.errors import ImageError
 from config.settings import Settings
 from recognizer import artifact, scan
 from recognizer.engine import Engine
 from recognizer.fields import FieldReading, ReaderParams
 from recognizer.layout import read_by_layout
+from recognizer.linequant import BATCH, Int8Lines, padded
+from recognizer.lines import frames, line_input
+from recognizer.sequence import best_path
 from storage.registry import Registry, VersionInfo, VersionStatus
 from trainer.data import validation_order
 
-__all__ = ["GATE_KINDS", "gate_pool", "publish", "score"]
+__all__ = ["GATE_KINDS", "gate_pool", "line_agreement", "publish", "score"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +58,32 @@ def score(engine: Engine, pool: DigitPool, count: int) -> dict[str, float]:
     return out
 
 
+@torch.no_grad()
+def line_agreement(model: nn.Module, calibration: torch.Tensor | None, pool: DigitPool, count: int) -> float | None:
+    """Share of the gate's field lines (those int8 takes) whose greedy reading is the same under
+    the int8 line reader workers would build (recognizer/linequant.py) as under fp32; None
+    without calibration images. The int8 copy runs eagerly, the reference quantised arithmetic
+    (the trainer has no int8 hardware to count on; compiled kernels round alike)."""
+    if calibration is None:
+        return None
+    lines = []
+    for kind in GATE_KINDS:
+        for i in range(count):
+            with contextlib.suppress(ImageError):
+                lines.append(line_input(render_field(pool, (GATE_SEED, i), STYLES[kind]).image))
+    taken = [line for line in lines if Int8Lines.takes(line.width)]
+    model = copy.deepcopy(model).eval().float()
+    int8 = Int8Lines(model, calibration, compile=False)
+    same = 0
+    for start in range(0, len(taken), BATCH):
+        chunk = taken[start : start + BATCH]
+        x = padded(chunk)
+        for line, a, b in zip(chunk, model(x).argmax(-1), int8(x).argmax(-1), strict=True):
+            reading = [best_path(path[: frames(line.width)].tolist()) for path in (a, b)]
+            same += [k for k, _, _ in reading[0]] == [k for k, _, _ in reading[1]]
+    return same / max(1, len(taken))
+
+
 def publish(settings: Settings, registry: Registry, model: nn.Module, pool: DigitPool, count: int) -> dict[str, Any]:
     """Publish the current version plus ``model`` as a child; current only if the gate passes."""
     with registry.lock(settings.lock_ttl_s, "sequence") as lease:
@@ -60,6 +93,7 @@ def publish(settings: Settings, registry: Registry, model: nn.Module, pool: Digi
         before = score(Engine.from_weights(weights, parent.arch, **options), pool, count)
         after = score(Engine.from_weights(candidate, parent.arch, **options), pool, count)
         promoted = sum(after.values()) > sum(before.values())
+        agreement = line_agreement(model, artifact.calibration(weights), pool, count)
         figures = ", ".join(f"{k} {before[k]:.1f}% -> {after[k]:.1f}%" for k in GATE_KINDS)
         reason = f"exact held-out fields: {figures}" + ("" if promoted else " (not better: not made current)")
         lease.check()
@@ -70,9 +104,11 @@ def publish(settings: Settings, registry: Registry, model: nn.Module, pool: Digi
                 preprocess_version=scan.PREPROCESS_VERSION,
                 temperature=parent.temperature,
                 data_fingerprint=f"{parent.data_fingerprint}+sequence",
-                metrics=parent.metrics
+                # The parent's line agreement was another line reader's: this one's, or none.
+                metrics={k: v for k, v in parent.metrics.items() if k != "line_int8_agreement"}
                 | {f"fields_{k}_exact_before": v for k, v in before.items()}
-                | {f"fields_{k}_exact": v for k, v in after.items()},
+                | {f"fields_{k}_exact": v for k, v in after.items()}
+                | ({} if agreement is None else {"line_int8_agreement": agreement}),
                 parent=parent.version,
                 weights_source=f"sequence:{parent.version}",
                 status=VersionStatus.PROMOTED if promoted else VersionStatus.REJECTED,

@@ -1,0 +1,142 @@
+"""The line reader in int8, where the digit network serves int8 (recognizer/quantize.py).
+
+On a 2-core AVX512-VNNI CPU the compiled int8 line reader takes 1.27 ms a line against 2.85 ms
+for the bf16 autocast it replaces (``python -m bench.linemodel``). Two things differ from the
+digit network's int8:
+
+- **Fixed shapes.** Lines vary in width, and inductor's int8 convolutions compile only for
+  static shapes (a dynamic batch or width fails in torch 2.14 / torchao 0.18). The model is
+  quantised once with a dynamic width and compiled for ``BATCH`` lines of each multiple of
+  ``WIDTH_STEP`` columns up to ``MAX_WIDTH`` (``warm`` compiles them all); a chunk is padded
+  with blank lines to ``BATCH``, and a line wider than ``MAX_WIDTH`` (beyond the 12-digit
+  fields of the validation set) is read by the float reader.
+- **Calibration lines made from the version's digits.** The observers need lines, and a version
+  carries 256 prepared training digits for the digit network's calibration. They are written
+  side by side on a blank page, ``DIGITS_PER_LINE`` to a field, and prepared by ``line_input``
+  like any served crop, so every version trained by this code can be quantised.
+
+The trainer measures how often the int8 reader reads a held-out field as fp32 does
+(``trainer.seqpublish.line_agreement``, recorded as ``line_int8_agreement``); ``auto`` serves int8 lines only
+where that is at least ``LINE_INT8_MIN_AGREEMENT``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from recognizer.lines import HEIGHT, PAPER, LineInput, line_input
+
+__all__ = [
+    "BATCH",
+    "LINE_INT8_MIN_AGREEMENT",
+    "MAX_WIDTH",
+    "WIDTH_STEP",
+    "Int8Lines",
+    "calibration_lines",
+    "padded",
+]
+
+log = logging.getLogger(__name__)
+
+BATCH = 8  # lines per int8 call: 1.5 ms a line at 5 lines against 1.4 at 32, so little is lost padding
+WIDTH_STEP = 32  # the float reader pads a batch to this too: int8 compiles MAX_WIDTH / WIDTH_STEP shapes
+MAX_WIDTH = 256  # 12 handwritten digits measure about 250 columns; wider lines read in float
+# A held-out field read differently by int8 and fp32 lines at most this often for "auto" to take
+# int8 lines; measured by the trainer when it attaches a line reader.
+LINE_INT8_MIN_AGREEMENT = 0.99
+DIGITS_PER_LINE = (3, 5, 8)  # calibration fields cycle through these lengths, as served fields vary
+_GAP = 4  # page pixels between calibration digits: neighbours close, never touching
+
+
+def calibration_lines(digits: torch.Tensor) -> list[LineInput]:
+    """Lines prepared from ``digits`` (N, 1, 28, 28; prepared [0, 1], ink bright) written in a
+    row on white paper, as a scanner would give them; every digit is used once."""
+    ink = (digits.detach().cpu().float().clamp(0, 1)[:, 0].numpy() * 255).round().astype(np.uint8)
+    lines, start, n = [], 0, 0
+    while start < len(ink):
+        count = DIGITS_PER_LINE[n % len(DIGITS_PER_LINE)]
+        row = ink[start : start + count]
+        page = np.zeros((28 + 2 * 8, len(row) * (28 + _GAP) + 16), np.uint8)
+        for i, digit in enumerate(row):
+            page[8:36, 8 + i * (28 + _GAP) : 36 + i * (28 + _GAP)] = digit
+        try:
+            lines.append(line_input(np.repeat((255 - page)[..., None], 3, axis=2)))
+        except Exception as exc:  # a blank calibration digit is no reason to serve float
+            log.debug("calibration line %d skipped: %s", n, exc)
+        start, n = start + count, n + 1
+    return [line for line in lines if line.width <= MAX_WIDTH]
+
+
+def padded(lines: Sequence[LineInput], rows: int | None = None, step: int = WIDTH_STEP) -> torch.Tensor:
+    """``lines`` in one batch: ``rows`` rows (blank ones after the lines), the width rounded up
+    to a multiple of ``step``, padded with blank paper."""
+    width = step * math.ceil(max(line.width for line in lines) / step)
+    x = np.full((rows or len(lines), 1, HEIGHT, width), PAPER, np.float32)
+    for row, line in enumerate(lines):
+        x[row, :, :, : line.width] = line.x
+    return torch.from_numpy(x)
+
+
+def quantize_lines(model: nn.Module, lines: Sequence[LineInput]) -> nn.Module:
+    """An int8 copy of the line reader (PT2E, x86 Inductor quantizer), exported with a dynamic
+    width in whole ``WIDTH_STEP``s and calibrated on ``lines``; its output stays float32."""
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = x86.X86InductorQuantizer()
+    quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
+    steps = torch.export.Dim("steps", min=1, max=MAX_WIDTH // WIDTH_STEP)
+    example = torch.full((BATCH, 1, HEIGHT, 4 * WIDTH_STEP), PAPER)
+    # strict=True for the quantizer's conv-add-relu patterns (recognizer/quantize.py says why).
+    exported = torch.export.export(
+        model.eval().float(), (example,), dynamic_shapes=({3: WIDTH_STEP * steps},), strict=True
+    ).module()
+    prepared = prepare_pt2e(exported, quantizer)
+    with torch.no_grad():
+        for start in range(0, len(lines), BATCH):
+            prepared(padded(lines[start : start + BATCH], BATCH))
+    converted: nn.Module = convert_pt2e(prepared)
+    return converted
+
+
+class Int8Lines:
+    """A line reader's int8 copy, compiled for one shape per width (``warm``): logits for
+    ``BATCH`` lines at a time. ``compile=False`` runs the reference int8 arithmetic eagerly (the
+    trainer's agreement check: same rounding, no compile)."""
+
+    def __init__(self, model: nn.Module, calibration: torch.Tensor, *, compile: bool = True) -> None:
+        lines = calibration_lines(calibration)
+        if not lines:
+            raise ValueError("no calibration line could be made from the version's calibration images")
+        self.model = quantize_lines(model, lines)
+        # dynamic=False: each width compiles its own static graph (dynamic ones fail, see above).
+        self._forward = torch.compile(self.model, dynamic=False) if compile else self.model
+
+    @staticmethod
+    def widths() -> range:
+        return range(WIDTH_STEP, MAX_WIDTH + 1, WIDTH_STEP)
+
+    @staticmethod
+    def takes(width: int) -> bool:
+        """Whether int8 reads a line this wide (wider ones: the float reader)."""
+        return width <= MAX_WIDTH
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, T, 11) for N <= BATCH lines padded to a width of whole ``WIDTH_STEP``s."""
+        n = len(x)
+        if n < BATCH:
+            x = torch.cat([x, x.new_full((BATCH - n, *x.shape[1:]), PAPER)])
+        out: torch.Tensor = self._forward(x)
+        return out[:n]
+
+    def warm(self) -> None:
+        """Compile every width now, so no request pays for it (a few seconds each on a CPU)."""
+        for width in self.widths():
+            self(torch.full((BATCH, 1, HEIGHT, width), PAPER))

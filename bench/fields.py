@@ -227,6 +227,13 @@ def measure(pool: DigitPool, reader: Reader, split: str, count: int) -> dict[str
     show_default=True,
     help="The digit network's precision (int8: calibrated on the version's images, as workers do).",
 )
+@click.option(
+    "--compile/--eager",
+    default=False,
+    show_default=True,
+    help="Compile the networks as workers do; with --precision int8 the line reader is int8 too "
+    "(it is only ever compiled).",
+)
 @click.option("--data-root", envvar="INKQ_DATA_ROOT", show_envvar=True, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the figures here."
@@ -248,6 +255,7 @@ def main(
     cache: Path,
     digits: int,
     precision: str,
+    compile: bool,
     data_root: Path,
     json_out: Path | None,
     sheet: Path | None,
@@ -256,7 +264,9 @@ def main(
     engine = None
     if method in ("seg", "served") or digits:
         model = _digit_model(source, weights, data_root, cache, train_limit, train_epochs)
-        engine = engine_from(model, precision=precision)
+        engine = engine_from(model, precision=precision, compile=compile)
+        if compile:
+            engine.warm()
     if method == "seq":
         if seq_weights is None:
             raise click.UsageError("--method seq needs --seq-weights PATH (from `python -m trainer.sequence`)")

@@ -4,8 +4,10 @@ Workers serve the line reader eagerly (lines vary in width; recognizer/sequence.
 under bf16 autocast where the CPU has bf16. On a CPU without AVX512 its share of a field's time is
 large, so this times, on the same batches of real lines (generated free fields from training
 digits, padded to one width as a worker pads them): eager fp32 in the default layout and
-channels-last, eager bf16 autocast where the CPU has bf16, and compiled for that one shape in fp32
-and in int8 (PT2E with the x86 Inductor quantizer, calibrated on other lines). Agreement: the
+channels-last, eager bf16 autocast where the CPU has bf16, compiled for that one shape in fp32
+and in int8 (PT2E with the x86 Inductor quantizer, calibrated on other lines), and int8 as
+workers serve it where the digits serve int8 (recognizer/linequant.py: exported for any width,
+calibrated on lines made from digits, run 8 lines at a time). Agreement: the
 share of lines whose greedy CTC reading is the same as eager fp32's (meaningful with a trained
 line reader, ``--model registry``).
 
@@ -30,8 +32,9 @@ from bench.synth import STYLES, DigitPool, load_mnist, render_field
 from config.settings import load_settings
 from recognizer import artifact
 from recognizer.engine import bf16_capable
+from recognizer.linequant import BATCH, Int8Lines
 from recognizer.lines import HEIGHT, PAPER, LineInput, line_input
-from recognizer.quantize import quantize
+from recognizer.quantize import calibration_sample, quantize
 from recognizer.sequence import best_path, build, sequence_reader
 
 __all__ = ["measure"]
@@ -72,7 +75,7 @@ def _readings(forward: Forward, x: torch.Tensor, lines: list[LineInput]) -> list
     ]
 
 
-def variants(model: torch.nn.Module, calibration: torch.Tensor) -> dict[str, Forward]:
+def variants(model: torch.nn.Module, calibration: torch.Tensor, digits: torch.Tensor) -> dict[str, Forward]:
     cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
     out: dict[str, Forward] = {"eager_fp32": model, "eager_fp32_channels_last": cl}
     if bf16_capable(torch.device("cpu")):
@@ -86,6 +89,10 @@ def variants(model: torch.nn.Module, calibration: torch.Tensor) -> dict[str, For
     # quantizer is recognizer.quantize's: it exports any (N, 1, H, W) input with a dynamic batch.
     out["compiled_fp32"] = torch.compile(copy.deepcopy(model))
     out["compiled_int8"] = torch.compile(quantize(model, calibration))
+    # As workers serve it: exported for any width, calibrated on lines made from digits, compiled
+    # for BATCH lines at a time (recognizer/linequant.py).
+    served = Int8Lines(model, digits)
+    out["served_int8"] = lambda x: torch.cat([served(chunk) for chunk in x.split(BATCH)])
     return out
 
 
@@ -97,7 +104,8 @@ def measure(model: torch.nn.Module, pool: DigitPool, *, batch: int, repeats: int
     calibration = batch_of(lines_of(pool, 64, SEED + 1), width=int(x.shape[3]))
     reference = _readings(model, x, timed)
     figures: dict[str, Any] = {"batch": batch, "width": int(x.shape[3]), "ms_per_line": {}, "same_reading": {}}
-    for name, forward in variants(model, calibration).items():
+    digits = calibration_sample(torch.from_numpy(pool.images).float()[:, None] / 255)
+    for name, forward in variants(model, calibration, digits).items():
         with torch._inductor.config.patch(freezing=True):
             figures["ms_per_line"][name] = _ms_per_line(forward, x, repeats)
             same = _readings(forward, x, timed)

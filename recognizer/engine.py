@@ -21,9 +21,8 @@ import torch
 from torch import nn
 
 from config.settings import Settings
-from recognizer import artifact, network, quantize, scan
+from recognizer import artifact, linequant, network, quantize, scan
 from recognizer.aot import Packages
-from recognizer.linequant import LINE_INT8_MIN_AGREEMENT, Int8Lines
 from recognizer.prediction import Prediction
 from recognizer.sequence import SequenceReader, sequence_reader
 from storage.registry import VersionInfo
@@ -119,19 +118,9 @@ class Engine:
         bf16 = floating == torch.bfloat16
         self.sequence = None
         if sequence is not None:
-            lines = (
-                self.int8
-                and compile
-                and quantize.use_int8(
-                    precision,
-                    self.device,
-                    calibrated=True,
-                    agreement=line_int8_agreement,
-                    minimum=LINE_INT8_MIN_AGREEMENT,
-                )
-            )
-            int8_lines = Int8Lines(sequence.model, calibration) if lines and calibration is not None else None
-            self.sequence = sequence.to(self.device, bf16=bf16, int8=int8_lines)
+            lines = compile and self.int8 and linequant.wanted(precision, self.device, line_int8_agreement)
+            int8 = linequant.Int8Lines(sequence.model, calibration) if lines and calibration is not None else None
+            self.sequence = sequence.to(self.device, bf16=bf16, int8=int8)
         self.buckets = tuple(sorted(set(int(b) for b in buckets)))
         self.temperature = float(temperature)
         # The engine owns its copy: casting or compiling must never touch the caller's module.

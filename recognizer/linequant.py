@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recognizer import quantize
 from recognizer.lines import HEIGHT, PAPER, LineInput, line_input
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "Int8Lines",
     "calibration_lines",
     "padded",
+    "wanted",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,12 @@ MAX_WIDTH = 256  # 12 handwritten digits measure about 250 columns; wider lines 
 LINE_INT8_MIN_AGREEMENT = 0.99
 DIGITS_PER_LINE = (3, 5, 8)  # calibration fields cycle through these lengths, as served fields vary
 _GAP = 4  # page pixels between calibration digits: neighbours close, never touching
+
+
+def wanted(precision: str, device: torch.device, agreement: float | None) -> bool:
+    """Whether an engine whose digits serve int8 reads lines in int8 too: asked for (``int8``),
+    or ``auto`` on int8 hardware with the version's line agreement measured high enough."""
+    return quantize.use_int8(precision, device, calibrated=True, agreement=agreement, minimum=LINE_INT8_MIN_AGREEMENT)
 
 
 def calibration_lines(digits: torch.Tensor) -> list[LineInput]:

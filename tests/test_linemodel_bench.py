@@ -26,13 +26,15 @@ def test_linemodel_bench_times_eager_compiled_and_int8_line_readers(tmp_path: Pa
     )
     assert run.returncode == 0, run.stderr[-3000:]
     figures = json.loads(out.read_text())
-    names = {"eager_fp32", "eager_fp32_channels_last", "compiled_fp32", "compiled_int8"}
+    names = {"eager_fp32", "eager_fp32_channels_last", "compiled_fp32", "compiled_int8", "served_int8"}
     assert names <= set(figures["ms_per_line"]) and figures["batch"] == 4 and figures["width"] % 32 == 0
     assert all(ms > 0 for ms in figures["ms_per_line"].values())
     # The same network in another layout, or compiled, reads the same lines the same way.
     assert (
         figures["same_reading"]["eager_fp32_channels_last"] == 1.0 and figures["same_reading"]["compiled_fp32"] == 1.0
     )
-    assert 0.0 <= figures["same_reading"]["compiled_int8"] <= 1.0
+    assert (
+        0.0 <= figures["same_reading"]["compiled_int8"] <= 1.0 and 0.0 <= figures["same_reading"]["served_int8"] <= 1.0
+    )
     assert figures["speedup_over_served_fp32"]["eager_fp32_channels_last"] == 1.0
     assert "compiled_int8" in run.stdout

@@ -108,6 +108,12 @@ def test_auto_takes_int8_lines_only_with_int8_digits_and_measured_line_agreement
         assert engine.sequence is not None
         return engine.sequence.precision
 
+    cpu = torch.device("cpu")
+    assert linequant.wanted("int8", cpu, None)  # asked for: taken, as for the digits
+    assert not linequant.wanted("auto", cpu, None)  # never measured: not taken on trust
+    assert not linequant.wanted("auto", cpu, good - 0.001)
+    assert linequant.wanted("auto", cpu, good) == quantize.int8_capable(cpu)
+    assert not linequant.wanted("bf16", cpu, good)
     # Without compiling, int8 lines would run the slow reference arithmetic: never taken.
     assert lines_precision("int8", line_int8_agreement=good) != "int8"
     assert lines_precision("fp32", line_int8_agreement=good) == "fp32"

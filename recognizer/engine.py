@@ -119,7 +119,7 @@ class Engine:
         self.sequence = None
         if sequence is not None:
             lines = compile and self.int8 and linequant.wanted(precision, self.device, line_int8_agreement)
-            int8 = linequant.Int8Lines(sequence.model, calibration) if lines and calibration is not None else None
+            int8 = linequant.int8_lines(sequence.model, calibration) if lines else None
             self.sequence = sequence.to(self.device, bf16=bf16, int8=int8)
         self.buckets = tuple(sorted(set(int(b) for b in buckets)))
         self.temperature = float(temperature)

@@ -40,6 +40,7 @@ __all__ = [
     "WIDTH_STEP",
     "Int8Lines",
     "calibration_lines",
+    "int8_lines",
     "padded",
     "wanted",
 ]
@@ -62,6 +63,18 @@ def wanted(precision: str, device: torch.device, agreement: float | None) -> boo
     return quantize.use_int8(precision, device, calibrated=True, agreement=agreement, minimum=LINE_INT8_MIN_AGREEMENT)
 
 
+def int8_lines(model: nn.Module, calibration: torch.Tensor | None) -> Int8Lines | None:
+    """The int8 copy an engine serves, or None (with a warning) when none can be built: fields
+    are then read in float, never refused."""
+    if calibration is None:
+        return None
+    try:
+        return Int8Lines(model, calibration)
+    except Exception as exc:
+        log.warning("no int8 line reader (%s); reading lines in float", f"{type(exc).__name__}: {exc}"[:300])
+        return None
+
+
 def calibration_lines(digits: torch.Tensor) -> list[LineInput]:
     """Lines prepared from ``digits`` (N, 1, 28, 28; prepared [0, 1], ink bright) written in a
     row on white paper, as a scanner would give them; every digit is used once."""
@@ -78,7 +91,7 @@ def calibration_lines(digits: torch.Tensor) -> list[LineInput]:
         except Exception as exc:  # a blank calibration digit is no reason to serve float
             log.debug("calibration line %d skipped: %s", n, exc)
         start, n = start + count, n + 1
-    return [line for line in lines if line.width <= MAX_WIDTH]
+    return lines
 
 
 def padded(lines: Sequence[LineInput], rows: int | None = None, step: int = WIDTH_STEP) -> torch.Tensor:
@@ -100,7 +113,7 @@ def quantize_lines(model: nn.Module, lines: Sequence[LineInput]) -> nn.Module:
     quantizer = x86.X86InductorQuantizer()
     quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
     steps = torch.export.Dim("steps", min=1, max=MAX_WIDTH // WIDTH_STEP)
-    example = torch.full((BATCH, 1, HEIGHT, 4 * WIDTH_STEP), PAPER)
+    example = torch.full((BATCH, 1, HEIGHT, MAX_WIDTH), PAPER)
     # strict=True for the quantizer's conv-add-relu patterns (recognizer/quantize.py says why).
     exported = torch.export.export(
         model.eval().float(), (example,), dynamic_shapes=({3: WIDTH_STEP * steps},), strict=True
@@ -108,7 +121,7 @@ def quantize_lines(model: nn.Module, lines: Sequence[LineInput]) -> nn.Module:
     prepared = prepare_pt2e(exported, quantizer)
     with torch.no_grad():
         for start in range(0, len(lines), BATCH):
-            prepared(padded(lines[start : start + BATCH], BATCH))
+            prepared(padded(lines[start : start + BATCH], BATCH)[..., :MAX_WIDTH])  # int8 reads no wider
     converted: nn.Module = convert_pt2e(prepared)
     return converted
 

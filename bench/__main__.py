@@ -75,6 +75,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
     show_envvar=True,
     help="Folder for latest.json and the plots.",
 )
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "int8"]),
+    envvar="INKQ_BENCH_PRECISION",
+    show_envvar=True,
+    help="INKQ_PRECISION for the end-to-end parts' workers (default: theirs, auto). The workers get "
+    "no other INKQ_ variable of this shell: they serve a private copy of the model.",
+)
 def main(
     quick: bool,
     parts: tuple[str, ...],
@@ -83,6 +91,7 @@ def main(
     data_root: str | None,
     untrained: bool,
     out: Path,
+    precision: str | None,
 ) -> None:
     """Benchmark inkq side by side with its baselines; every goal is a ratio from this one run."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
@@ -119,6 +128,7 @@ def main(
         n = images or (200 if quick else 10_000)
         # Quick runs serve eager with small batches: seconds, not the minutes compiling takes.
         overrides = {"compile": "false", "buckets": "1,8", "max_batch": "8"} if quick else {}
+        overrides |= {"precision": precision} if precision else {}
         with (
             tempfile.TemporaryDirectory(prefix="inkq-bench-") as tmp,
             pipeline.stack(info, weights, Path(tmp), **overrides) as s,

@@ -26,7 +26,7 @@ from PIL import Image
 from bench import common
 from bench.synth import STYLES, DigitPool, load_mnist, render_field
 from config.settings import load_settings
-from recognizer.engine import Engine
+from recognizer.engine import Engine, engine_for
 from recognizer.fieldprep import FieldInput
 from recognizer.layout import read_prepared
 from recognizer.network import DEFAULT_ARCH
@@ -71,6 +71,24 @@ def _networks(engine: Engine, outcomes: list[Outcome], batch: int) -> tuple[list
     return readings, time.perf_counter() - start
 
 
+def _float_lines(engine: Engine, inline: list[Outcome], batch: int, readings: list[Any]) -> dict[str, Any]:
+    """Where the engine reads lines in int8: the networks' part again with the line reader in
+    float, as it is served without int8 lines, and how many fields read the same both ways."""
+    if engine.sequence is None or engine.sequence.int8 is None:
+        return {}
+    int8, engine.sequence.int8 = engine.sequence.int8, None
+    try:
+        floating, seconds = _networks(engine, inline, batch)
+    finally:
+        engine.sequence.int8 = int8
+    same = sum(getattr(a, "text", a) == getattr(b, "text", b) for a, b in zip(floating, readings, strict=True))
+    return {
+        "networks_ms_per_field_float_lines": seconds * 1000 / len(inline),
+        "float_lines_precision": "bf16" if engine.sequence.bf16 else "fp32",
+        "same_reading_int8_and_float_lines": same / max(1, len(readings)),
+    }
+
+
 def measure(engine: Engine, blobs: list[bytes], pools: list[int], batch: int) -> dict[str, Any]:
     """Per field: preparation in the model's thread, the networks' part, and preparation's
     fields/s in each pool size; readings from pooled preparation checked against inline."""
@@ -91,7 +109,7 @@ def measure(engine: Engine, blobs: list[bytes], pools: list[int], batch: int) ->
         again, _ = _networks(engine, pooled, batch)
         same = same and [str(getattr(r, "text", r)) for r in again] == [str(getattr(r, "text", r)) for r in readings]
     prepare_ms, networks_ms = prepare_s * 1000 / n, networks_s * 1000 / n
-    return {
+    return _float_lines(engine, inline, batch, readings) | {
         "fields": n,
         "batch": batch,
         "errors": sum(o.input is None for o in inline),
@@ -112,8 +130,9 @@ def _engine(model: str, compile: bool) -> Engine:
     if model == "untrained":  # the served architecture, and an untrained line reader as a v2 version has
         info, weights = common.untrained_model()
         return Engine.from_weights(weights, dict(DEFAULT_ARCH), compile=compile, sequence=SequenceReader(build()))
-    info, weights = common.current_model(load_settings())
-    return Engine.from_weights(weights, info.arch, temperature=info.temperature, compile=compile)
+    settings = load_settings()
+    info, weights = common.current_model(settings)
+    return engine_for(info, weights, settings, compile=compile)  # as a worker builds it
 
 
 @click.command()
@@ -151,6 +170,12 @@ def main(
         f"the model's thread: {ceiling['preparing too']:.0f} fields/s preparing too, "
         f"{ceiling['networks only']:.0f}/s with preparation in the pool"
     )
+    if "networks_ms_per_field_float_lines" in figures:
+        click.echo(
+            f"networks with the line reader in {figures['float_lines_precision']} instead of int8: "
+            f"{figures['networks_ms_per_field_float_lines']:.2f} ms "
+            f"({figures['same_reading_int8_and_float_lines']:.1%} of fields read the same)"
+        )
     if not figures["pooled_same_as_inline"]:
         raise click.ClickException("pooled preparation read differently from inline: a bug")
 

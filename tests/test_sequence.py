@@ -101,7 +101,7 @@ def test_a_version_carries_its_line_reader_in_its_one_file() -> None:
     state = artifact.sequence_state(data)
     assert state is not None and torch.equal(state["fc.weight"], lines.fc.weight)
     engine = Engine.from_weights(data, network.DEFAULT_ARCH, compile=False, precision="fp32")
-    assert engine.sequence is not None and "free fields by sequence network" in engine.describe()
+    assert engine.sequence is not None and "fields by fp32 line reader" in engine.describe()
     assert artifact.sequence_state(artifact.dump(digits)) is None
     assert Engine.from_weights(artifact.dump(digits), network.DEFAULT_ARCH, compile=False).sequence is None
     # Beside an int8 digit network the line reader keeps the floating precision auto would take.

@@ -1,13 +1,14 @@
 """The line reader in int8, where the digit network serves int8 (recognizer/quantize.py).
 
-On a 2-core AVX512-VNNI CPU the compiled int8 line reader takes 1.27 ms a line against 2.85 ms
-for the bf16 autocast it replaces (``python -m bench.linemodel``). Two things differ from the
-digit network's int8:
+On a 2-core AVX512-VNNI CPU the int8 line reader takes 1.32 ms a line against 2.39 ms for the
+bf16 autocast it replaces (``python -m bench.linemodel``), and a field's networks 3.1 ms against
+5.3 (``python -m bench.fieldprep``). Two things differ from the digit network's int8:
 
 - **Fixed shapes.** Lines vary in width, and inductor's int8 convolutions compile only for
   static shapes (a dynamic batch or width fails in torch 2.14 / torchao 0.18). The model is
   quantised once with a dynamic width and compiled for ``BATCH`` lines of each multiple of
-  ``WIDTH_STEP`` columns up to ``MAX_WIDTH`` (``warm`` compiles them all); a chunk is padded
+  ``WIDTH_STEP`` columns up to ``MAX_WIDTH`` (``warm`` compiles them all: about 2 s a width,
+  16 s more for a worker to start, as inductor caches no frozen int8 graph); a chunk is padded
   with blank lines to ``BATCH``, and a line wider than ``MAX_WIDTH`` (beyond the 12-digit
   fields of the validation set) is read by the float reader.
 - **Calibration lines made from the version's digits.** The observers need lines, and a version

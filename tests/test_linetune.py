@@ -166,9 +166,11 @@ def test_a_retrain_on_labelled_fields_runs_both_halves_and_keeps_a_line_reader(
     assert set(lines) >= {"held_before", "held_after", "guard_before", "guard_after"}
     assert summary["phase_seconds"]["line_reader"] > 0  # the line half ran
     assert summary["promoted"], summary  # by the digit half: the outlined digits
-    _, published = registry.weights(summary["version"])
+    info, published = registry.weights(summary["version"])
     kept = artifact.sequence_state(published)  # whatever the digit verdict, the parent's reader stays
     assert kept is not None and all(torch.equal(kept[k], v) for k, v in reader.state_dict().items())
+    # ... with new calibration digits beside it: its int8 agreement is measured again, for them.
+    assert 0.0 <= info.metrics["line_int8_agreement"] <= 1.0 and summary["phase_seconds"]["line_int8_agreement"] > 0
 
 
 def run_cli(env: dict[str, str], program: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -68,7 +68,7 @@ def test_retrain_promotes_rejects_and_rolls_back(
     assert good["after"]["base_heldout_accuracy"] >= good["before"]["base_heldout_accuracy"] - 0.01
     phases = good["phase_seconds"]  # every step named, and together they are the run
     steps = ["prepare", "score_before", "train", "mix_and_calibrate", "score_after", "line_reader"]
-    steps += ["bf16_agreement", "int8_agreement", "publish"]
+    steps += ["bf16_agreement", "int8_agreement", "line_int8_agreement", "publish"]
     assert set(phases) == set(steps)  # the JSON's keys come sorted
     assert sum(phases.values()) <= good["seconds"] + 0.1 and phases["train"] > 0
     listed = versions(env)

@@ -25,6 +25,7 @@ import torch
 from config.settings import Settings
 from recognizer import artifact, network, quantize, scan
 from recognizer.engine import Engine, bf16_capable
+from recognizer.sequence import sequence_reader
 from storage.labels import Labels, held_out
 from storage.lock import Lease
 from storage.registry import Registry, VersionInfo, VersionStatus
@@ -32,13 +33,16 @@ from trainer.base import bf16_agreement, int8_agreement
 from trainer.data import Split
 from trainer.distributed import World, setup, teardown
 from trainer.labelled import labelled_split
-from trainer.linetune import line_half
+from trainer.linetune import KEPT_OUT, line_half
 from trainer.mixing import interpolate_towards_parent
 from trainer.mixing import served_accuracy as accuracy
 from trainer.replay import base_sets
+from trainer.seqpublish import gate_pool, line_agreement
 from trainer.training import TrainConfig, fit, fit_temperature, freeze, predict_logits
 
 log = logging.getLogger(__name__)
+
+LINE_GATE_FIELDS = 100  # fields of each kind the line agreement is measured on, as trainer.sequence --publish does
 
 
 def retrain(settings: Settings, registry: Registry, labels: Labels, *, progress: bool = False) -> dict[str, Any]:
@@ -54,6 +58,18 @@ def retrain(settings: Settings, registry: Registry, labels: Labels, *, progress:
             return _retrain(settings, registry, labels, progress=progress, world=world, lease=lease)
     finally:
         teardown(world)
+
+
+def line_int8_agreement(
+    settings: Settings, state: dict[str, torch.Tensor] | None, calibration: torch.Tensor | None
+) -> float | None:
+    """The shipped line reader's int8 agreement with fp32 (trainer.seqpublish.line_agreement, on
+    the same kept-out digits), measured again: the figure holds for one line reader with one set
+    of calibration digits, and a retrain changes one or both. None without a line reader."""
+    reader = sequence_reader(state)
+    if reader is None:
+        return None
+    return line_agreement(reader.model, calibration, gate_pool(settings.path("data_root"), KEPT_OUT), LINE_GATE_FIELDS)
 
 
 def ship(model: torch.nn.Module, parent: torch.nn.Module, selection: Split, val: Split) -> tuple[float, float]:
@@ -167,10 +183,15 @@ def _retrain(
     if int8 is not None:
         metrics["int8_agreement"] = int8
     phases.mark("int8_agreement")
+    shipped_lines = lines.state or artifact.sequence_state(parent_weights)
+    line_calibration = artifact.calibration(parent_weights) if parent_digits else calibration
+    if (line_int8 := line_int8_agreement(settings, shipped_lines, line_calibration)) is not None:
+        metrics["line_int8_agreement"] = line_int8
+    phases.mark("line_int8_agreement")
     if parent_digits and lines.state is not None:
         payload, temperature = artifact.with_sequence(parent_weights, lines.state), parent.temperature
     else:
-        payload = artifact.dump(model, calibration, lines.state or artifact.sequence_state(parent_weights))
+        payload = artifact.dump(model, calibration, shipped_lines)
     info = registry.publish(
         payload,
         VersionInfo(

@@ -9,6 +9,7 @@ freezing bakes them into the graph); a new version means a new Engine.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import time
@@ -117,10 +118,12 @@ class Engine:
         # well where the digits serve int8 and the version's lines agree (recognizer/linequant.py).
         bf16 = floating == torch.bfloat16
         self.sequence = None
+        self._int8_lines: linequant.Int8Lines | None = None
         if sequence is not None:
             lines = compile and self.int8 and linequant.wanted(precision, self.device, line_int8_agreement)
-            int8 = linequant.int8_lines(sequence.model, calibration) if lines else None
-            self.sequence = sequence.to(self.device, bf16=bf16, int8=int8)
+            # Read with only once warm-up has compiled it (``warm``); float lines serve meanwhile.
+            self._int8_lines = linequant.int8_lines(sequence.model, calibration) if lines else None
+            self.sequence = sequence.to(self.device, bf16=bf16)
         self.buckets = tuple(sorted(set(int(b) for b in buckets)))
         self.temperature = float(temperature)
         # The engine owns its copy: casting or compiling must never touch the caller's module.
@@ -181,9 +184,13 @@ class Engine:
 
         If compilation fails, logs a warning and falls back to eager. ``time_buckets`` also
         measures each bucket's cost into ``bucket_ms`` (two more runs of each, about 0.15 s on a
-        CPU): what a worker's batcher weighs; the trainer and benchmarks have no use for it.
+        CPU): what a worker's batcher weighs; the trainer and benchmarks have no use for it. An
+        int8 line reader's widths compile here too (about 2 s each on a CPU), and only then does
+        it read lines. Compiled from a background thread they ran 3.7 times slower (4.86 against
+        1.33 ms a line, one run), so they compile here, before the worker is ready.
         """
         start = time.perf_counter()
+        again = functools.partial(self.warm, time_buckets=time_buckets)
         for size in self.buckets:
             dummy = torch.zeros(size, 1, 28, 28)
             try:
@@ -194,28 +201,20 @@ class Engine:
                 if self.source == "aot":  # a package that loaded but fails to run: compile instead
                     log.warning("AOT package failed to run (%s); compiling instead", exc)
                     self._compile()
-                    return self.warm(time_buckets=time_buckets) + (time.perf_counter() - start)
+                    return again() + (time.perf_counter() - start)
                 if not self.compiled:
                     raise
                 self.compile_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
                 log.warning("torch.compile failed (%s); serving the eager model instead", self.compile_error)
                 self._forward, self.compiled, self.cuda_graphs, self.source = self.model, False, False, "eager"
-                return self.warm(time_buckets=time_buckets) + (time.perf_counter() - start)
-        self._warm_lines()
+                return again() + (time.perf_counter() - start)
+        if self._int8_lines is not None and self.sequence is not None:
+            linequant.adopt(self._int8_lines, self.sequence)
+            self._int8_lines = None
         if time_buckets:
             self.bucket_ms = self._time_buckets()
         self.warm_seconds = time.perf_counter() - start
         return self.warm_seconds
-
-    def _warm_lines(self) -> None:
-        """Compile the int8 line reader's widths; if that fails, fields are read in float."""
-        if self.sequence is None or self.sequence.int8 is None:
-            return
-        try:
-            self.sequence.int8.warm()
-        except Exception as exc:
-            log.warning("the int8 line reader failed to compile (%s); reading lines in float", f"{exc}"[:300])
-            self.sequence.int8 = None
 
     def _time_buckets(self) -> dict[int, float]:
         """Milliseconds one batch of each bucket takes, warm (the better of two runs): what the

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,12 +36,16 @@ from torch import nn
 from recognizer import quantize
 from recognizer.lines import HEIGHT, PAPER, LineInput, line_input
 
+if TYPE_CHECKING:  # recognizer.sequence imports this module
+    from recognizer.sequence import SequenceReader
+
 __all__ = [
     "BATCH",
     "LINE_INT8_MIN_AGREEMENT",
     "MAX_WIDTH",
     "WIDTH_STEP",
     "Int8Lines",
+    "adopt",
     "calibration_lines",
     "int8_lines",
     "padded",
@@ -76,6 +82,18 @@ def int8_lines(model: nn.Module, calibration: torch.Tensor | None) -> Int8Lines 
     except Exception as exc:
         log.warning("no int8 line reader (%s); reading lines in float", f"{type(exc).__name__}: {exc}"[:300])
         return None
+
+
+def adopt(int8: Int8Lines, reader: SequenceReader) -> None:
+    """Compile ``int8``'s widths, then have ``reader`` read with it; if compiling fails, the
+    reader stays in float."""
+    began = time.perf_counter()
+    try:
+        int8.warm()
+        reader.int8 = int8
+        log.info("int8 line reader ready (%d widths in %.1f s)", len(int8.widths()), time.perf_counter() - began)
+    except Exception as exc:
+        log.warning("the int8 line reader failed to compile (%s); reading lines in float", f"{exc}"[:300])
 
 
 def calibration_lines(digits: torch.Tensor) -> list[LineInput]:

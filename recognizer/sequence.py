@@ -164,14 +164,15 @@ class SequenceReader:
     def log_probs(self, lines: list[LineInput]) -> list[torch.Tensor]:
         out: list[torch.Tensor] = [torch.empty(0)] * len(lines)
         order = sorted(range(len(lines)), key=lambda i: lines[i].width)
+        int8 = self.int8  # read once: an engine may adopt its int8 copy mid-call (Engine.warm)
         # Sorted by width, the lines int8 takes come first: int8 reads them BATCH at a time.
-        narrow = sum(self.int8 is not None and self.int8.takes(line.width) for line in lines)
+        narrow = sum(int8 is not None and int8.takes(line.width) for line in lines)
         chunks = [order[s : s + BATCH] for s in range(0, narrow, BATCH)]
         chunks += [order[s : s + self.batch] for s in range(narrow, len(order), self.batch)]
         for idx in chunks:
             chunk = [lines[i] for i in idx]
-            if self.int8 is not None and self.int8.takes(max(line.width for line in chunk)):
-                logits = self.int8(padded(chunk))
+            if int8 is not None and int8.takes(max(line.width for line in chunk)):
+                logits = int8(padded(chunk))
             else:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                     logits = self.model(padded(chunk, step=self.pad_to).to(self.device))

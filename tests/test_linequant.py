@@ -130,10 +130,9 @@ def test_an_int8_engine_compiles_its_line_widths_and_reads_fields_as_float_does(
     torch.manual_seed(0)
     data = artifact.dump(network.build(), digits, build())
     engine = Engine.from_weights(data, network.DEFAULT_ARCH, precision="int8", buckets=(8,), line_int8_agreement=1.0)
-    assert engine.sequence is not None and engine.sequence.precision == "int8"
-    assert "int8 line reader" in engine.describe()
+    assert engine.sequence is not None and engine.sequence.precision != "int8"  # not before its widths compile
     engine.warm()
-    assert engine.sequence.int8 is not None  # every width compiled
+    assert engine.sequence.int8 is not None and "int8 line reader" in engine.describe()  # every width compiled
     reference = linequant.Int8Lines(engine.sequence.model, digits, compile=False)
     x = linequant.padded(narrow[:8])
     with torch.no_grad():
@@ -149,3 +148,26 @@ def test_an_engine_whose_lines_cannot_be_quantised_reads_them_in_float(caplog: p
     engine = Engine.from_weights(data, network.DEFAULT_ARCH, precision="int8", buckets=(8,), line_int8_agreement=1.0)
     assert engine.int8 and engine.sequence is not None and engine.sequence.precision != "int8"
     assert "no int8 line reader" in caplog.text and "reading lines in float" in caplog.text
+
+
+class Warming:
+    """Stands in for an int8 reader at warm-up: compiles (or fails to) instantly."""
+
+    def __init__(self, fails: bool) -> None:
+        self.fails = fails
+
+    @staticmethod
+    def widths() -> range:
+        return linequant.Int8Lines.widths()
+
+    def warm(self) -> None:
+        if self.fails:
+            raise RuntimeError("inductor said no")
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_reader_takes_its_int8_copy_only_once_it_has_compiled(fails: bool, caplog: pytest.LogCaptureFixture) -> None:
+    reader, int8 = SequenceReader(build()), Warming(fails)
+    linequant.adopt(int8, reader)  # type: ignore[arg-type]
+    assert (reader.int8 is None) == fails
+    assert ("reading lines in float" in caplog.text) == fails

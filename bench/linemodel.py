@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 import torch
 
 from bench import common
@@ -32,8 +31,8 @@ from bench.synth import STYLES, DigitPool, load_mnist, render_field
 from config.settings import load_settings
 from recognizer import artifact
 from recognizer.engine import bf16_capable
-from recognizer.linequant import BATCH, Int8Lines
-from recognizer.lines import HEIGHT, PAPER, LineInput, line_input
+from recognizer.linequant import BATCH, Int8Lines, padded
+from recognizer.lines import LineInput, line_input
 from recognizer.quantize import calibration_sample, quantize
 from recognizer.sequence import best_path, build, sequence_reader
 
@@ -46,16 +45,6 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 
 def lines_of(pool: DigitPool, count: int, seed: int) -> list[LineInput]:
     return [line_input(render_field(pool, (seed, i), STYLES["free"]).image) for i in range(count)]
-
-
-def batch_of(lines: list[LineInput], width: int | None = None, pad_to: int = 32) -> torch.Tensor:
-    """The lines padded to one width, as ``SequenceReader.log_probs`` pads a batch (``width``:
-    that width instead, longer lines cut short)."""
-    width = width or pad_to * -(-max(line.width for line in lines) // pad_to)
-    x = np.full((len(lines), 1, HEIGHT, width), PAPER, np.float32)
-    for row, line in enumerate(lines):
-        x[row, :, :, : min(width, line.width)] = line.x[:, :, :width]
-    return torch.from_numpy(x)
 
 
 def _ms_per_line(forward: Forward, x: torch.Tensor, repeats: int) -> float:
@@ -99,9 +88,9 @@ def variants(model: torch.nn.Module, calibration: torch.Tensor, digits: torch.Te
 def measure(model: torch.nn.Module, pool: DigitPool, *, batch: int, repeats: int) -> dict[str, Any]:
     model = model.eval()
     timed = lines_of(pool, batch, SEED)
-    x = batch_of(timed)
+    x = padded(timed)  # as SequenceReader.log_probs pads a batch
     # int8 is exported for one width (the batch's dynamic): calibrated on other lines at that width.
-    calibration = batch_of(lines_of(pool, 64, SEED + 1), width=int(x.shape[3]))
+    calibration = padded(lines_of(pool, 64, SEED + 1), width=int(x.shape[3]))
     reference = _readings(model, x, timed)
     figures: dict[str, Any] = {"batch": batch, "width": int(x.shape[3]), "ms_per_line": {}, "same_reading": {}}
     digits = calibration_sample(torch.from_numpy(pool.images).float()[:, None] / 255)

@@ -115,13 +115,15 @@ def calibration_lines(digits: torch.Tensor) -> list[LineInput]:
     return lines
 
 
-def padded(lines: Sequence[LineInput], rows: int | None = None, step: int = WIDTH_STEP) -> torch.Tensor:
+def padded(
+    lines: Sequence[LineInput], rows: int | None = None, step: int = WIDTH_STEP, width: int | None = None
+) -> torch.Tensor:
     """``lines`` in one batch: ``rows`` rows (blank ones after the lines), the width rounded up
-    to a multiple of ``step``, padded with blank paper."""
-    width = step * math.ceil(max(line.width for line in lines) / step)
+    to a multiple of ``step`` (or ``width``, longer lines cut short), padded with blank paper."""
+    width = width or step * math.ceil(max(line.width for line in lines) / step)
     x = np.full((rows or len(lines), 1, HEIGHT, width), PAPER, np.float32)
     for row, line in enumerate(lines):
-        x[row, :, :, : line.width] = line.x
+        x[row, :, :, : min(width, line.width)] = line.x[:, :, :width]
     return torch.from_numpy(x)
 
 
@@ -142,7 +144,14 @@ def quantize_lines(model: nn.Module, lines: Sequence[LineInput]) -> nn.Module:
     prepared = prepare_pt2e(exported, quantizer)
     with torch.no_grad():
         for start in range(0, len(lines), BATCH):
-            prepared(padded(lines[start : start + BATCH], BATCH)[..., :MAX_WIDTH])  # int8 reads no wider
+            chunk = lines[start : start + BATCH]  # cut to the widest int8 reads
+            prepared(
+                padded(
+                    chunk,
+                    BATCH,
+                    width=min(MAX_WIDTH, WIDTH_STEP * math.ceil(max(ln.width for ln in chunk) / WIDTH_STEP)),
+                )
+            )
     converted: nn.Module = convert_pt2e(prepared)
     return converted
 

@@ -164,7 +164,7 @@ class SequenceReader:
     def log_probs(self, lines: list[LineInput]) -> list[torch.Tensor]:
         out: list[torch.Tensor] = [torch.empty(0)] * len(lines)
         order = sorted(range(len(lines)), key=lambda i: lines[i].width)
-        int8 = self.int8  # read once: an engine may adopt its int8 copy mid-call (Engine.warm)
+        int8 = self.int8
         # Sorted by width, the lines int8 takes come first: int8 reads them BATCH at a time.
         narrow = sum(int8 is not None and int8.takes(line.width) for line in lines)
         chunks = [order[s : s + BATCH] for s in range(0, narrow, BATCH)]

@@ -267,6 +267,7 @@ def worker_start(s: Stack, cache: Path, build_timeout_s: float = 1800) -> dict[s
         out["cold"] = time.perf_counter() - start
         state = workers.read(redis, keys, node)
         out["cold_engine"] = state.engine_source if state else None
+        out["cold_description"] = state.engine if state else None
         ready = time.perf_counter()
         state = settled(redis, keys, node, build_timeout_s)  # a build of about a minute per bucket
         out["packages"] = state.packages if state else None
@@ -283,6 +284,7 @@ def worker_start(s: Stack, cache: Path, build_timeout_s: float = 1800) -> dict[s
             out[kind] = time.perf_counter() - start
             state = workers.read(redis, keys, node)
             out[f"{kind}_engine"] = state.engine_source if state else None
+            out[f"{kind}_description"] = state.engine if state else None  # e.g. where the line reader came from
     return out
 
 

@@ -14,16 +14,24 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["ANOTHER_BUILDS", "NICE", "main"]
+if TYPE_CHECKING:  # imported in main, after lowering the priority
+    import torch
+    from torch import nn
+
+    from recognizer.aot import PackageKey, Packages
+    from recognizer.engine import Engine
+
+__all__ = ["ANOTHER_BUILDS", "NICE", "build_all", "main"]
 
 log = logging.getLogger(__name__)
 
 NICE = 19
 ANOTHER_BUILDS = 3  # the exit status when another process holds the version's lock
-PRECISIONS = {"float32": "fp32", "bfloat16": "bf16"}
+PRECISIONS = {"float32": "fp32", "bfloat16": "bf16", "int8": "int8"}
 
 
 def _stop_on_sigterm(*_: Any) -> None:
@@ -37,11 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", required=True, help="the architecture, as JSON")
     parser.add_argument("--buckets", required=True, help="comma separated")
     parser.add_argument("--dtype", choices=sorted(PRECISIONS), required=True)
+    parser.add_argument("--lines", action="store_true", help="also the int8 line reader's widths (int8 only)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s inkq-packages: %(message)s")
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     os.nice(NICE)
     # torch only after lowering the priority: importing it is seconds of CPU.
+    from recognizer import artifact
     from recognizer.aot import Packages
     from recognizer.engine import Engine, configure_compiler
 
@@ -61,13 +71,34 @@ def main(argv: list[str] | None = None) -> int:
         if not mine:
             log.info("another process is building these packages")
             return ANOTHER_BUILDS
-        for bucket in buckets:
-            if packages.usable(packages.key(bucket, engine.dtype, engine.device)):
-                continue
-            started = time.perf_counter()
-            path = packages.build(engine.model, bucket, engine.dtype, engine.device)
-            log.info("built %s in %.1fs", path, time.perf_counter() - started)
+        if args.dtype == "int8" and not engine.int8:
+            log.error("this version cannot be served in int8 (no calibration images)")
+            return 2
+        build_all(packages, engine, artifact.calibration(weights), lines=args.lines)
     return 0
+
+
+def build_all(packages: Packages, engine: Engine, calibration: torch.Tensor | None, *, lines: bool) -> None:
+    """Every package ``engine`` could load (an uncompiled engine of the version, in the precision
+    served), and with ``lines`` the int8 line reader's; usable ones are kept. Hold the lock."""
+    from recognizer.linequant import Int8Lines
+
+    for bucket in engine.buckets:
+        _build(packages, engine.package_key(packages, bucket), lambda: engine.model)
+    if lines and engine.int8 and engine.sequence is not None and calibration is not None:
+        reader = Int8Lines(engine.sequence.model, calibration, compile=False)
+        for width in reader.widths():
+            _build(packages, reader.package_key(packages, width), lambda: reader.model)
+
+
+def _build(packages: Packages, key: PackageKey, model: Callable[[], nn.Module]) -> None:
+    """One package, unless a usable one is there; ``model()`` gives the eager model (int8: made
+    on first use, so a build that finds every package there quantises nothing)."""
+    if packages.usable(key):
+        return
+    started = time.perf_counter()
+    path = packages.build(model(), key)
+    log.info("built %s in %.1fs", path, time.perf_counter() - started)
 
 
 if __name__ == "__main__":

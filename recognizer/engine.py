@@ -23,7 +23,9 @@ from torch import nn
 
 from config.settings import Settings
 from recognizer import artifact, linequant, network, quantize, scan
-from recognizer.aot import Packages
+from recognizer.aot import DIGITS as DIGIT_PACKAGES
+from recognizer.aot import LINES as LINE_PACKAGES
+from recognizer.aot import PackageKey, Packages
 from recognizer.prediction import Prediction
 from recognizer.sequence import SequenceReader, sequence_reader
 from storage.registry import VersionInfo
@@ -122,18 +124,21 @@ class Engine:
         if sequence is not None:
             lines = compile and self.int8 and linequant.wanted(precision, self.device, line_int8_agreement)
             # Read with only once warm-up has compiled it (``warm``); float lines serve meanwhile.
-            self._int8_lines = linequant.int8_lines(sequence.model, calibration) if lines else None
+            cpu = self.device.type == "cpu"
+            line_packages = packages if cpu else None
+            self._int8_lines = linequant.int8_lines(sequence.model, calibration, line_packages) if lines else None
             self.sequence = sequence.to(self.device, bf16=bf16)
         self.buckets = tuple(sorted(set(int(b) for b in buckets)))
         self.temperature = float(temperature)
         # The engine owns its copy: casting or compiling must never touch the caller's module.
         model = copy.deepcopy(model).eval().to(self.device)
-        if self.int8 and calibration is not None:
-            model = quantize.quantize(model, (calibration - scan.MNIST_MEAN) / scan.MNIST_STD)
         if self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        self.model = model.to(self.dtype) if self.device.type == "cpu" else model
-        self._forward: Any = self.model
+        # int8: quantised when first needed (``model``); an engine that loads its packages never is.
+        self._float_model = model
+        self._calibration = calibration if self.int8 else None
+        floating_model = model.to(self.dtype) if self.device.type == "cpu" else model
+        self._model: nn.Module | None = None if self.int8 else floating_model
         self.compiled = False
         self.cuda_graphs = compile and cuda_graphs and self.device.type == "cuda"
         self.warm_seconds = 0.0
@@ -141,16 +146,47 @@ class Engine:
         # Why compilation failed and this engine serves eagerly (None: it did not fail).
         self.compile_error: str | None = None
         self.source = "eager"  # how the model runs: eager, compiled (torch.compile) or aot (packages)
-        if compile:
-            configure_compiler(cache_dir)
-            aot = None
-            # Packages hold the unquantised graph: an int8 engine always compiles its own.
-            if packages is not None and self.device.type == "cpu" and not self.int8:
-                aot = packages.load(self.model, self.buckets, self.dtype, self.device)
-            if aot is not None:
-                self._forward, self.compiled, self.source = aot, True, "aot"
-            else:
-                self._compile()
+        self._forward: Any = None
+        if not compile:
+            self._forward = self._eager  # int8: quantised at the first batch
+            return
+        configure_compiler(cache_dir)
+        aot = None
+        if packages is not None and self.device.type == "cpu":  # CUDA keeps its graphs
+            aot = packages.load([self.package_key(packages, b) for b in self.buckets])
+        if aot is not None:
+            self._forward, self.compiled, self.source = aot, True, "aot"
+        else:
+            self._compile()
+
+    @property
+    def model(self) -> nn.Module:
+        """The eager model this engine compiles or falls back to (int8: quantised on first use)."""
+        if self._model is None:
+            assert self._calibration is not None  # an int8 engine always has its calibration images
+            self._model = quantize.quantize(self._float_model, (self._calibration - scan.MNIST_MEAN) / scan.MNIST_STD)
+        return self._model
+
+    @property
+    def int8_lines(self) -> linequant.Int8Lines | None:
+        """The int8 line reader, adopted (after ``warm``) or pending; None where lines are float."""
+        return self._int8_lines or (self.sequence.int8 if self.sequence is not None else None)
+
+    def compiled_parts(self) -> list[str]:
+        """The parts this engine compiled that AOT packages could give the next start (CPU only)."""
+        if self.device.type != "cpu":
+            return []
+        lines = self.int8_lines
+        parts = [DIGIT_PACKAGES] if self.source == "compiled" else []
+        return parts + ([LINE_PACKAGES] if lines is not None and lines.source == "compiled" else [])
+
+    def _eager(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(x)
+        return out
+
+    def package_key(self, packages: Packages, bucket: int) -> PackageKey:
+        """The key of this engine's AOT package for one bucket."""
+        return packages.key(DIGIT_PACKAGES, (bucket, 1, 28, 28), self.precision, self.device)
 
     def _compile(self) -> None:
         mode = "reduce-overhead" if self.cuda_graphs else None
@@ -176,6 +212,7 @@ class Engine:
         kind = ("compiled + CUDA graphs" if self.cuda_graphs else "compiled") if self.compiled else "eager"
         kind = "AOT-compiled (packages)" if self.source == "aot" else kind
         lines = f", fields by {self.sequence.precision} line reader" if self.sequence is not None else ""
+        lines += " (packages)" if self.int8_lines is not None and self.int8_lines.source == "aot" else ""
         costs = f" ({'/'.join(f'{ms:.1f}' for ms in self.bucket_ms.values())} ms)" if self.bucket_ms else ""
         return f"{kind} {self.precision} on {self.device}, buckets {list(self.buckets)}{costs}{lines}"
 
@@ -185,9 +222,10 @@ class Engine:
         If compilation fails, logs a warning and falls back to eager. ``time_buckets`` also
         measures each bucket's cost into ``bucket_ms`` (two more runs of each, about 0.15 s on a
         CPU): what a worker's batcher weighs; the trainer and benchmarks have no use for it. An
-        int8 line reader's widths compile here too (about 2 s each on a CPU), and only then does
-        it read lines. Compiled from a background thread they ran 3.7 times slower (4.86 against
-        1.33 ms a line, one run), so they compile here, before the worker is ready.
+        int8 line reader's widths compile here too (about 2 s each on a CPU; milliseconds when
+        loaded from packages), and only then does it read lines. Compiled from a background
+        thread they ran 3.7 times slower (4.86 against 1.33 ms a line, one run), so they compile
+        here, before the worker is ready.
         """
         start = time.perf_counter()
         again = functools.partial(self.warm, time_buckets=time_buckets)

@@ -8,7 +8,9 @@ bf16 autocast it replaces (``python -m bench.linemodel``), and a field's network
   static shapes (a dynamic batch or width fails in torch 2.14 / torchao 0.18). The model is
   quantised once with a dynamic width and compiled for ``BATCH`` lines of each multiple of
   ``WIDTH_STEP`` columns up to ``MAX_WIDTH`` (``warm`` compiles them all: about 2 s a width,
-  16 s more for a worker to start, as inductor caches no frozen int8 graph); a chunk is padded
+  16 s more for a worker to start, as inductor caches no frozen int8 graph; once a worker has
+  built the version's AOT packages, one per width, a start loads them instead and neither
+  quantises nor compiles); a chunk is padded
   with blank lines to ``BATCH``, and a line wider than ``MAX_WIDTH`` (beyond the 12-digit
   fields of the validation set) is read by the float reader.
 - **Calibration lines made from the version's digits.** The observers need lines, and a version
@@ -23,10 +25,11 @@ where that is at least ``LINE_INT8_MIN_AGREEMENT``.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,6 +37,7 @@ import torch
 from torch import nn
 
 from recognizer import quantize
+from recognizer.aot import LINES, PackageKey, Packages
 from recognizer.lines import HEIGHT, PAPER, LineInput, line_input
 
 if TYPE_CHECKING:  # recognizer.sequence imports this module
@@ -72,13 +76,16 @@ def wanted(precision: str, device: torch.device, agreement: float | None) -> boo
     return quantize.use_int8(precision, device, calibrated=True, agreement=agreement, minimum=LINE_INT8_MIN_AGREEMENT)
 
 
-def int8_lines(model: nn.Module, calibration: torch.Tensor | None) -> Int8Lines | None:
-    """The int8 copy an engine serves, or None (with a warning) when none can be built: fields
-    are then read in float, never refused."""
+def int8_lines(
+    model: nn.Module, calibration: torch.Tensor | None, packages: Packages | None = None
+) -> Int8Lines | None:
+    """The int8 copy an engine serves (from the version's AOT ``packages`` when every width has
+    one), or None (with a warning) when none can be built: fields are then read in float, never
+    refused."""
     if calibration is None:
         return None
     try:
-        return Int8Lines(model, calibration)
+        return Int8Lines(model, calibration, packages=packages)
     except Exception as exc:
         log.warning("no int8 line reader (%s); reading lines in float", f"{type(exc).__name__}: {exc}"[:300])
         return None
@@ -138,9 +145,10 @@ def quantize_lines(model: nn.Module, lines: Sequence[LineInput]) -> nn.Module:
     steps = torch.export.Dim("steps", min=1, max=MAX_WIDTH // WIDTH_STEP)
     example = torch.full((BATCH, 1, HEIGHT, MAX_WIDTH), PAPER)
     # strict=True for the quantizer's conv-add-relu patterns (recognizer/quantize.py says why).
-    exported = torch.export.export(
-        model.eval().float(), (example,), dynamic_shapes=({3: WIDTH_STEP * steps},), strict=True
-    ).module()
+    # A copy in the default layout: the served float reader is channels-last, and quantising
+    # must give the same graph whether it runs before or after that.
+    model = copy.deepcopy(model).eval().float().to(memory_format=torch.contiguous_format)
+    exported = torch.export.export(model, (example,), dynamic_shapes=({3: WIDTH_STEP * steps},), strict=True).module()
     prepared = prepare_pt2e(exported, quantizer)
     with torch.no_grad():
         for start in range(0, len(lines), BATCH):
@@ -157,17 +165,44 @@ def quantize_lines(model: nn.Module, lines: Sequence[LineInput]) -> nn.Module:
 
 
 class Int8Lines:
-    """A line reader's int8 copy, compiled for one shape per width (``warm``): logits for
-    ``BATCH`` lines at a time. ``compile=False`` runs the reference int8 arithmetic eagerly (the
-    trainer's agreement check: same rounding, no compile)."""
+    """A line reader's int8 copy, for one shape per width: logits for ``BATCH`` lines at a time.
+    Loaded from the version's AOT ``packages`` when every width has one (no quantising, no
+    compiling: ``source`` "aot"), else quantised and compiled width by width in ``warm``
+    ("compiled"). ``compile=False`` runs the reference int8 arithmetic eagerly (the trainer's
+    agreement check: same rounding, no compile)."""
 
-    def __init__(self, model: nn.Module, calibration: torch.Tensor, *, compile: bool = True) -> None:
-        lines = calibration_lines(calibration)
-        if not lines:
-            raise ValueError("no calibration line could be made from the version's calibration images")
-        self.model = quantize_lines(model, lines)
-        # dynamic=False: each width compiles its own static graph (dynamic ones fail, see above).
-        self._forward = torch.compile(self.model, dynamic=False) if compile else self.model
+    def __init__(
+        self, model: nn.Module, calibration: torch.Tensor, *, compile: bool = True, packages: Packages | None = None
+    ) -> None:
+        self._float_model, self._calibration = model, calibration
+        self._model: nn.Module | None = None
+        aot = packages.load([self.package_key(packages, w) for w in self.widths()]) if packages else None
+        if aot is not None:
+            self._forward: Callable[[torch.Tensor], torch.Tensor] = aot
+            self.source = "aot"
+        else:
+            # dynamic=False: each width compiles its own static graph (dynamic ones fail, see above).
+            self._forward = torch.compile(self.model, dynamic=False) if compile else self._eager
+            self.source = "compiled" if compile else "eager"
+
+    @property
+    def model(self) -> nn.Module:
+        """The quantised module (quantised on first use: a copy loaded from packages never is)."""
+        if self._model is None:
+            lines = calibration_lines(self._calibration)
+            if not lines:
+                raise ValueError("no calibration line could be made from the version's calibration images")
+            self._model = quantize_lines(self._float_model, lines)
+        return self._model
+
+    def _eager(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(x)
+        return out
+
+    @staticmethod
+    def package_key(packages: Packages, width: int) -> PackageKey:
+        """The key of the AOT package for one width."""
+        return packages.key(LINES, (BATCH, 1, HEIGHT, width), "int8", torch.device("cpu"))
 
     @staticmethod
     def widths() -> range:
@@ -188,6 +223,7 @@ class Int8Lines:
         return out[:n]
 
     def warm(self) -> None:
-        """Compile every width now, so no request pays for it (a few seconds each on a CPU)."""
+        """Run every width once, so no request pays for a compile (a few seconds each on a CPU;
+        milliseconds for packages)."""
         for width in self.widths():
             self(torch.full((BATCH, 1, HEIGHT, width), PAPER))

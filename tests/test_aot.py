@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from recognizer.aot import PackageKey, Packages
+from recognizer.aot import DIGITS, LINES, PackageKey, Packages
 
 CPU = torch.device("cpu")
 ARCH = {"name": "resnet18", "stem": "conv3x3", "in_channels": 1, "num_classes": 10}
@@ -22,6 +22,10 @@ ARCH = {"name": "resnet18", "stem": "conv3x3", "in_channels": 1, "num_classes": 
 def tiny() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10)).eval()
+
+
+def digits_key(packages: Packages, bucket: int, precision: str = "float32") -> PackageKey:
+    return packages.key(DIGITS, (bucket, 1, 28, 28), precision, CPU)
 
 
 def fake_package(packages: Packages, key: PackageKey, content: bytes, sha256: str | None = None) -> Path:
@@ -36,14 +40,19 @@ def fake_package(packages: Packages, key: PackageKey, content: bytes, sha256: st
 
 def test_the_key_names_everything_a_package_depends_on(tmp_path: Path) -> None:
     packages = Packages(tmp_path, "a" * 64, ARCH)
-    key = packages.key(8, torch.float32, CPU)
-    assert key.weights_sha256 == "a" * 64 and key.bucket == 8 and key.dtype == "float32"
-    assert key.torch == torch.__version__ and key.device.startswith("cpu-")
+    key = digits_key(packages, 8)
+    assert key.weights_sha256 == "a" * 64 and key.dims == (8, 1, 28, 28) and key.dtype == "float32"
+    assert key.torch == torch.__version__ and key.device.startswith("cpu-") and key.quantizer == ""
+    int8 = digits_key(packages, 8, "int8")
+    assert int8.quantizer, "an int8 package names the quantizer that made its graph"
     variants = [
-        Packages(tmp_path, "b" * 64, ARCH).key(8, torch.float32, CPU),
-        Packages(tmp_path, "a" * 64, ARCH | {"stem": "imagenet"}).key(8, torch.float32, CPU),
-        packages.key(32, torch.float32, CPU),
-        packages.key(8, torch.bfloat16, CPU),
+        digits_key(Packages(tmp_path, "b" * 64, ARCH), 8),
+        digits_key(Packages(tmp_path, "a" * 64, ARCH | {"stem": "imagenet"}), 8),
+        digits_key(packages, 32),
+        digits_key(packages, 8, "bfloat16"),
+        int8,
+        replace(int8, quantizer="0.0.1"),
+        packages.key(LINES, (8, 1, 28, 28), "float32", CPU),  # another part, the same shape
         replace(key, device=key.device + "-other"),  # whatever this machine is, another kind
         replace(key, torch="2.0.0"),
         replace(key, machine="aarch64"),
@@ -52,11 +61,12 @@ def test_the_key_names_everything_a_package_depends_on(tmp_path: Path) -> None:
     paths = {packages.paths(v)[0] for v in variants} | {packages.paths(key)[0]}
     assert len({v.digest for v in variants} | {key.digest}) == len(variants) + 1
     assert len(paths) == len(variants) + 1, "two keys share a file"
-    assert Packages(tmp_path, "a" * 64, dict(reversed(ARCH.items()))).key(8, torch.float32, CPU) == key
+    assert digits_key(Packages(tmp_path, "a" * 64, dict(reversed(ARCH.items()))), 8) == key
 
 
 def test_no_packages_means_compile_without_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    assert Packages(tmp_path, "a" * 64, ARCH).load(tiny(), (1, 8), torch.float32, CPU) is None
+    packages = Packages(tmp_path, "a" * 64, ARCH)
+    assert packages.load([digits_key(packages, 1), digits_key(packages, 8)]) is None
     assert "AOT" not in caplog.text
 
 
@@ -65,7 +75,7 @@ def test_a_damaged_or_foreign_package_is_refused_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
 ) -> None:
     packages = Packages(tmp_path, "a" * 64, ARCH)
-    key = packages.key(1, torch.float32, CPU)
+    key = digits_key(packages, 1)
     if damage == "checksum":
         fake_package(packages, key, b"PK\x03\x04 package bytes", sha256="0" * 64)
         reason = "checksum mismatch"
@@ -78,7 +88,7 @@ def test_a_damaged_or_foreign_package_is_refused_with_a_warning(
     else:  # checksum and manifest agree, but the bytes are no package
         fake_package(packages, key, b"not a zip archive at all")
         reason = "unusable"
-    assert packages.load(tiny(), (1,), torch.float32, CPU) is None
+    assert packages.load([key]) is None
     assert "compiling instead" in caplog.text and reason in caplog.text
     assert not packages.usable(key)
 
@@ -96,3 +106,51 @@ def test_one_process_builds_a_version_at_a_time(tmp_path: Path) -> None:
 def test_packages_need_the_weights_checksum(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="SHA-256"):
         Packages(tmp_path, "", ARCH)
+
+
+class FakeInductor:
+    """Stands in for AOTInductor's compile and load: a 'package' that runs ``runner``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, runner: nn.Module) -> None:
+        monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", self.compile)
+        monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda path: runner)
+
+    @staticmethod
+    def compile(exported: object, package_path: str, inductor_configs: object) -> str:
+        Path(package_path).write_bytes(b"PK package bytes")
+        return package_path
+
+
+def test_a_build_that_computes_otherwise_than_the_model_stores_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, packages = tiny(), Packages(tmp_path, "a" * 64, ARCH)
+    key = digits_key(packages, 2)
+    FakeInductor(monkeypatch, nn.Sequential(model, _Shift(1.0)))
+    with pytest.raises(ValueError, match="other outputs than the eager model"):
+        packages.build(model, key)
+    assert [p.name for p in packages.root.iterdir() if not p.name.startswith(".lock")] == []
+    FakeInductor(monkeypatch, model)
+    packages.build(model, key)
+    assert packages.load([key]) is not None and packages.usable(key)
+
+
+def test_a_package_that_no_longer_gives_its_recorded_output_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    model, packages = tiny(), Packages(tmp_path, "a" * 64, ARCH)
+    key = digits_key(packages, 2)
+    FakeInductor(monkeypatch, model)
+    packages.build(model, key)
+    FakeInductor(monkeypatch, nn.Sequential(model, _Shift(0.5)))  # e.g. kernels misbehaving on this host
+    assert packages.load([key]) is None
+    assert "differs from the one recorded" in caplog.text and not packages.usable(key)
+
+
+class _Shift(nn.Module):
+    def __init__(self, by: float) -> None:
+        super().__init__()
+        self.by = by
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.by

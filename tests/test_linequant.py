@@ -5,6 +5,7 @@ measured and high enough."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ import torch
 
 from bench.synth import STYLES, DigitPool, load_mnist, render_field
 from recognizer import artifact, linequant, network, quantize
+from recognizer.aot import Packages
+from recognizer.aotbuild import build_all
 from recognizer.engine import Engine
 from recognizer.lines import HEIGHT, STRIDE, LineInput, line_input
 from recognizer.sequence import SequenceReader, build
@@ -171,3 +174,50 @@ def test_a_reader_takes_its_int8_copy_only_once_it_has_compiled(fails: bool, cap
     linequant.adopt(int8, reader)  # type: ignore[arg-type]
     assert (reader.int8 is None) == fails
     assert ("reading lines in float" in caplog.text) == fails
+
+
+@pytest.mark.slow
+def test_an_int8_start_loads_digits_and_lines_from_packages_without_quantising(
+    digits: torch.Tensor, lines: list[LineInput], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(linequant, "MAX_WIDTH", 2 * linequant.WIDTH_STEP)  # two widths: as above
+    torch.manual_seed(0)
+    data = artifact.dump(network.build(), digits, build())
+    packages = Packages(tmp_path, hashlib.sha256(data).hexdigest(), dict(network.DEFAULT_ARCH))
+
+    def start() -> Engine:
+        return Engine.from_weights(
+            data, network.DEFAULT_ARCH, precision="int8", buckets=(4,), cache_dir=tmp_path, packages=packages
+        )
+
+    first = start()  # nothing built yet: both parts compile, and the worker would build both
+    assert first.source == "compiled" and first.compiled_parts() == ["digits", "lines"]
+    # What the background build does (recognizer/aotbuild.py), in this process.
+    with packages.lock() as mine:
+        assert mine
+        build_all(
+            packages,
+            Engine.from_weights(data, network.DEFAULT_ARCH, precision="int8", buckets=(4,), compile=False),
+            digits,
+            lines=True,
+        )
+    second = start()
+    assert second.source == "aot" and second.compiled_parts() == []
+    assert second._model is None, "a start from packages quantised the digit network"
+    second.warm()
+    assert second.sequence is not None and second.sequence.int8 is not None
+    assert second.sequence.int8.source == "aot" and second.sequence.int8._model is None
+    # The packages compute what the reference int8 arithmetic does, digits and lines.
+    x = torch.rand(4, 1, 28, 28)
+    reference = Engine.from_weights(data, network.DEFAULT_ARCH, precision="int8", buckets=(4,), compile=False)
+    assert float((second.logits(x) - reference.logits(x)).abs().max()) < 0.1 * float(reference.logits(x).std()) + 0.05
+    narrow = linequant.padded([line for line in lines if line.width <= linequant.MAX_WIDTH][:8])
+    eager = linequant.Int8Lines(second.sequence.model, digits, compile=False)
+    with torch.no_grad():
+        got, want = second.sequence.int8(narrow), eager(narrow)
+    assert float((got - want).abs().max()) < 0.1 * float(want.std()) + 0.05
+    # int8 packages serve no float engine: another precision compiles.
+    assert (
+        Engine.from_weights(data, network.DEFAULT_ARCH, precision="fp32", buckets=(4,), packages=packages).source
+        == "compiled"
+    )

@@ -18,7 +18,7 @@ from storage.registry import VersionInfo
 from tests.models import untrained_weights as weights
 from tests.models import version_meta as meta
 from worker.batchrun import MISSING_IMAGE
-from worker.replica import Replica
+from worker.replica import Replica, compiles_beside
 from worker.versions import MAX_RETRY_S, Refusals, is_transient
 
 
@@ -158,3 +158,12 @@ def test_a_failed_compile_beside_the_packages_keeps_them(replica: Replica) -> No
     replica.upgrade.start("v1", lambda: eager, lambda e: replica._adopt(e, replica.serving))
     assert replica.upgrade.done.wait(30) and replica.engine is first  # compiling fell back to eager
     assert str(replica.upgrade.status).startswith("kept packages for v1")
+
+
+@pytest.mark.parametrize(
+    ("source", "int8", "beside"), [("aot", False, True), ("aot", True, False), ("compiled", False, False)]
+)
+def test_only_float_packages_are_compiled_beside(source: str, int8: bool, beside: bool) -> None:
+    engine = Engine(network.build(), precision="fp32", buckets=(1,), compile=False)
+    engine.source, engine.int8 = source, int8
+    assert compiles_beside(engine) is beside

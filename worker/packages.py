@@ -3,7 +3,8 @@
 After a worker has compiled a version with ``torch.compile`` on a CPU, it starts
 ``python -m recognizer.aotbuild`` with the weights on stdin. That process runs at the lowest CPU
 priority (nice 19) with one thread, so it takes only what serving leaves of the cores; it builds
-one package per bucket, skipping those another worker has already built, and its failure only
+one package per bucket (an int8 worker: of the quantised network, and one per width of its int8
+line reader), skipping those another worker has already built, and its failure only
 means that the next start compiles again. The worker reports the build in its heartbeat
 (``packages``) and ends it when it stops or switches to another version.
 """
@@ -36,13 +37,24 @@ class PackageBuilds:
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
 
-    def start(self, packages: Packages, weights: bytes, version: str, buckets: tuple[int, ...], dtype: str) -> None:
-        """Build ``version``'s packages in the background, ending any build for another version."""
+    def start(
+        self,
+        packages: Packages,
+        weights: bytes,
+        version: str,
+        buckets: tuple[int, ...],
+        dtype: str,
+        *,
+        lines: bool = False,
+    ) -> None:
+        """Build ``version``'s packages in the background (``lines``: the int8 line reader's
+        too), ending any build for another version."""
         self.stop()
         command = [
             *(sys.executable, "-m", "recognizer.aotbuild", "--cache-dir", str(packages.cache_dir)),
             *("--sha256", packages.weights_sha256, "--arch", packages.arch),
             *("--buckets", ",".join(map(str, buckets)), "--dtype", dtype),
+            *(["--lines"] if lines else []),
         ]
         env = os.environ | {"OMP_NUM_THREADS": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1"}
         try:

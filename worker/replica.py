@@ -50,6 +50,13 @@ HEARTBEAT_S = 5.0
 VERSION_CHECK_S = 10.0
 
 
+def compiles_beside(engine: Engine) -> bool:
+    """Whether a worker compiles beside the packages it started from (worker/upgrade.py): float
+    packages serve a batch 1.2-1.8x slower than the compiled engine (BENCHMARKS.md, "Small
+    jobs"); int8 ones as fast as compiled int8 or faster ("int8 from packages"), so they stay."""
+    return engine.source == "aot" and not engine.int8
+
+
 class Replica:
     def __init__(self, settings: Settings, metrics: WorkerMetrics | None = None) -> None:
         self.settings = settings
@@ -100,13 +107,13 @@ class Replica:
         engine.warm(time_buckets=True)  # the batcher's split plan weighs them
         log.info("model %s ready: %s (warmed in %.1fs)", info.version, engine.describe(), engine.warm_seconds)
         self._built = (info.version, info.sha256)
-        if engine.source == "aot":  # fast to start, slower to serve: compile beside it (worker/upgrade.py)
+        if compiles_beside(engine):
             identity, compiled = self._built, functools.partial(engine_for, info, weights, self.settings, packages=None)
             self.upgrade.start(info.version, compiled, lambda e: self._adopt(e, identity))
         packages = packages_for(info, self.settings)
-        if packages is not None and engine.source == "compiled" and engine.device.type == "cpu" and not engine.int8:
-            dtype = str(engine.dtype).removeprefix("torch.")
-            self.package_builds.start(packages, weights, info.version, engine.buckets, dtype)
+        if packages is not None and engine.compiled_parts():
+            lines = engine.int8_lines is not None
+            self.package_builds.start(packages, weights, info.version, engine.buckets, engine.precision, lines=lines)
         return engine
 
     def _preprocessor(self) -> Preprocessor:

@@ -34,21 +34,32 @@ from trainer.training import TrainConfig, digits_of, fit, normalize, predict_log
 log = logging.getLogger(__name__)
 
 
-def bf16_agreement(model: torch.nn.Module, images: torch.Tensor) -> float:
-    """Share of images on which the bf16 copy of ``model`` predicts what fp32 predicts."""
-    fp32 = digits_of(predict_logits(model, images))
+def fp32_digits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """What ``model`` reads in fp32 on ``images`` (prepared): the reference both agreements
+    compare with, computed once for the two."""
+    return digits_of(predict_logits(model, images))
+
+
+def bf16_agreement(model: torch.nn.Module, images: torch.Tensor, fp32: torch.Tensor | None = None) -> float:
+    """Share of images on which the bf16 copy of ``model`` predicts what fp32 predicts (``fp32``:
+    those predictions, when already made)."""
+    fp32 = fp32_digits(model, images) if fp32 is None else fp32
     bf16 = digits_of(predict_logits(copy.deepcopy(model).to(torch.bfloat16), images))
     return float((fp32 == bf16).float().mean())
 
 
-def int8_agreement(model: torch.nn.Module, calibration: torch.Tensor, images: torch.Tensor) -> float | None:
+def int8_agreement(
+    model: torch.nn.Module, calibration: torch.Tensor, images: torch.Tensor, fp32: torch.Tensor | None = None
+) -> float | None:
     """Share of ``images`` (prepared) on which an int8 copy of ``model``, calibrated on
-    ``calibration`` as workers calibrate it, predicts the digit fp32 predicts: what lets ``auto``
-    serve the version in int8 (``quantize.INT8_MIN_AGREEMENT``). None when int8 cannot be built
-    here, which leaves the version to bf16 or fp32 and is no reason to lose the training run."""
+    ``calibration`` as workers calibrate it, predicts the digit fp32 predicts (``fp32``: those
+    predictions, when already made): what lets ``auto`` serve the version in int8
+    (``quantize.INT8_MIN_AGREEMENT``). None when int8 cannot be built here, which leaves the
+    version to bf16 or fp32 and is no reason to lose the training run."""
     try:
-        cpu = copy.deepcopy(model).cpu()
-        return quantize.int8_agreement(cpu, normalize(calibration.cpu()), normalize(images.cpu()))
+        cpu = copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format)  # as workers quantise it
+        reference = None if fp32 is None else fp32.cpu()
+        return quantize.int8_agreement(cpu, normalize(calibration.cpu()), normalize(images.cpu()), reference=reference)
     except Exception as exc:  # torch.export or the quantizer refusing this build: an optional figure
         log.warning("int8 agreement not measured (%s): auto will not serve this version in int8", exc)
         return None
@@ -127,10 +138,11 @@ def _train_base(
         "val_loss": result.val_loss,
         "test_accuracy": test_accuracy,
         "test_n": len(test),
-        "bf16_agreement": bf16_agreement(model, val.images),
     }
+    fp32 = fp32_digits(model, val.images)
+    metrics["bf16_agreement"] = bf16_agreement(model, val.images, fp32)
     calibration = quantize.calibration_sample(train.images)
-    if (int8 := int8_agreement(model, calibration, val.images)) is not None:
+    if (int8 := int8_agreement(model, calibration, val.images, fp32)) is not None:
         metrics["int8_agreement"] = int8
     assert lease is not None  # rank 0 holds the lock
     promoted, reason, current = gate(settings, registry, test, test_accuracy, make_current)

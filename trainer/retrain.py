@@ -29,7 +29,7 @@ from recognizer.sequence import sequence_reader
 from storage.labels import Labels, held_out
 from storage.lock import Lease
 from storage.registry import Registry, VersionInfo, VersionStatus
-from trainer.base import bf16_agreement, int8_agreement
+from trainer.base import bf16_agreement, fp32_digits, int8_agreement
 from trainer.data import Split
 from trainer.distributed import World, setup, teardown
 from trainer.labelled import labelled_split
@@ -163,10 +163,11 @@ def _retrain(
     shipped = parent_model if parent_digits else model
     calibration = quantize.calibration_sample(mixed.images)  # what the new model was tuned on
     digest = hashlib.sha256("".join(s.digest for s in train_samples).encode()).hexdigest()[:16]
+    fp32 = fp32_digits(shipped, base_heldout.images)  # both agreements' reference, made once
     metrics = {
         "mix": mix,
         "val_accuracy": (before if parent_digits else after)["base_heldout_accuracy"],
-        "bf16_agreement": bf16_agreement(shipped, base_heldout.images),
+        "bf16_agreement": bf16_agreement(shipped, base_heldout.images, fp32),
         **{f"{k}_before": v for k, v in before.items()},
         **{f"{k}_after": v for k, v in after.items()},
         "heldout_n": len(heldout),
@@ -178,7 +179,7 @@ def _retrain(
     int8 = (
         parent.metrics.get("int8_agreement")
         if parent_digits
-        else int8_agreement(model, calibration, base_heldout.images)
+        else int8_agreement(model, calibration, base_heldout.images, fp32)  # shipped is model here
     )
     if int8 is not None:
         metrics["int8_agreement"] = int8

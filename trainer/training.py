@@ -86,16 +86,26 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch: int = 500, *, bf16: bool = False) -> torch.Tensor:
+def predict_logits(model: nn.Module, images: torch.Tensor, batch: int = 128, *, bf16: bool = False) -> torch.Tensor:
     """Eager logits (float32, on the CPU) for prepared [0, 1] images, on the model's device and dtype.
     ``bf16``: under bfloat16 autocast, for scores that compare models rather than calibrate one
-    (1.7 times as fast on a CPU with AVX512-BF16; workers serve bf16 there anyway)."""
+    (1.7 times as fast on a CPU with AVX512-BF16; workers serve bf16 there anyway).
+    Channels-last, in batches of 128: on a 2-core AVX512 CPU a bf16 pass over 2,000 digits takes
+    0.79 s against 1.24 s contiguous in batches of 500, fp32 1.65 s against 2.22 s. The model
+    is left channels-last (its values unchanged; training leaves it so too)."""
     model.eval()
+    model.to(memory_format=torch.channels_last)
     param = next(model.parameters())
     with torch.autocast(param.device.type, dtype=torch.bfloat16, enabled=bf16):
         return torch.cat(
             [
-                model(normalize(images[i : i + batch]).to(param.device, param.dtype)).float().cpu()
+                model(
+                    normalize(images[i : i + batch])
+                    .to(param.device, param.dtype)
+                    .contiguous(memory_format=torch.channels_last)
+                )
+                .float()
+                .cpu()
                 for i in range(0, len(images), batch)
             ]
         )

@@ -8,17 +8,18 @@ beside single digits/s: a field costs its segmentation and one classification pe
 
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.pipeline import Stack
+from bench.pipeline import Stack, end_to_end
 from bench.synth import STYLES, DigitPool, write_fields
 from producer.client import Client
 
-__all__ = ["fields_end_to_end", "write_field_set"]
+__all__ = ["beside_single_digits", "fields_end_to_end", "write_field_set"]
 
 
 def write_field_set(folder: Path, images: np.ndarray, labels: np.ndarray, count: int) -> dict[str, str]:
@@ -52,4 +53,43 @@ def fields_end_to_end(s: Stack, folder: Path, truth: dict[str, str], **worker: s
         "errors": sum(1 for r in rows if r["error"]),
         "review": sum(1 for r in rows if r["review"]),
         "missing_or_duplicated": len(rows) != len({r["item"] for r in rows}) or len(rows) != len(truth),
+    }
+
+
+def beside_single_digits(
+    s: Stack,
+    fields: Path,
+    field_truth: dict[str, str],
+    digits: Path,
+    digit_truth: dict[str, int],
+    rounds: int,
+    first_single: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Fields end to end in ``rounds`` pairs with single digits through the same stack, the order
+    alternating from pair to pair: the first run of a pair ran slower, A/A included, and single
+    digits alone spread 733-1,311 images/s between runs. The goal's figures are the pairs'
+    medians; the first pair's field run gives the accuracy. ``first_single``: a single-digit run
+    just made (the e2e part's), taken as the first pair's."""
+    pairs: list[dict[str, float]] = []
+    first: dict[str, Any] = {}
+    for i in range(rounds):
+        runs: dict[str, dict[str, Any]] = {}
+        if i == 0 and first_single is not None:
+            runs["single"] = first_single
+        for what in ("fields", "single") if i % 2 else ("single", "fields"):
+            if what not in runs:
+                runs[what] = (
+                    fields_end_to_end(s, fields, field_truth)
+                    if what == "fields"
+                    else end_to_end(s, digits, digit_truth)
+                )
+        first = first or runs["fields"]
+        chars, single = runs["fields"]["chars_per_second"], runs["single"]["images_per_second"]
+        pairs.append({"chars_per_second": chars, "single_digits_per_second": single, "ratio": chars / single})
+    median = {k: float(statistics.median(p[k] for p in pairs)) for k in pairs[0]}
+    return first | {
+        "pairs": pairs,
+        "chars_per_second": median["chars_per_second"],
+        "single_digits_per_second": median["single_digits_per_second"],
+        "chars_vs_single": median["ratio"],
     }

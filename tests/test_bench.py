@@ -56,6 +56,8 @@ def test_quick_benchmark_writes_every_figure(
     fields = result["fields_e2e"]
     assert fields["fields"] == 20 and not fields["missing_or_duplicated"] and fields["chars_per_second"] > 0
     assert set(fields["exact"]) == {"comb", "free"} and fields["single_digits_per_second"] > 0
+    # A quick run makes one pair, its single digits the e2e part's run.
+    assert len(fields["pairs"]) == 1 and fields["single_digits_per_second"] == result["e2e"]["images_per_second"]
     assert any(line.startswith("goal fields end to end") for line in result["goals"])
 
 

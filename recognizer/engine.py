@@ -101,12 +101,15 @@ class Engine:
         int8_agreement: float | None = None,
         sequence: SequenceReader | None = None,
         line_int8_agreement: float | None = None,
+        aot_digits: bool = True,
     ) -> None:
         # cuda_graphs: a compiled engine on CUDA replays each bucket as a CUDA graph (inductor's
         # "reduce-overhead"): at small batches launch overhead, not arithmetic, is the cost.
         # Off only to measure what the graphs buy (bench/gpu.py).
         # packages: this version's AOTInductor packages (recognizer/aot.py), loaded instead of
         # compiling when every bucket has a good one (CPU only: CUDA keeps its graphs).
+        # aot_digits=False compiles the digit network all the same (a worker's compile beside
+        # its packages, worker/upgrade.py); an int8 line reader still loads from them.
         self.version = version
         self.device = resolve_device(device)
         # int8 (recognizer/quantize.py) is calibrated on the version's prepared [0, 1] images;
@@ -152,7 +155,7 @@ class Engine:
             return
         configure_compiler(cache_dir)
         aot = None
-        if packages is not None and self.device.type == "cpu":  # CUDA keeps its graphs
+        if packages is not None and aot_digits and self.device.type == "cpu":  # CUDA keeps its graphs
             aot = packages.load([self.package_key(packages, b) for b in self.buckets])
         if aot is not None:
             self._forward, self.compiled, self.source = aot, True, "aot"

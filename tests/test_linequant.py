@@ -216,6 +216,11 @@ def test_an_int8_start_loads_digits_and_lines_from_packages_without_quantising(
     with torch.no_grad():
         got, want = second.sequence.int8(narrow), eager(narrow)
     assert float((got - want).abs().max()) < 0.1 * float(want.std()) + 0.05
+    # A compile beside the packages (worker/upgrade.py) compiles the digits; lines stay on packages.
+    beside = Engine.from_weights(
+        data, network.DEFAULT_ARCH, precision="int8", buckets=(4,), packages=packages, aot_digits=False
+    )
+    assert beside.source == "compiled" and beside.int8_lines is not None and beside.int8_lines.source == "aot"
     # int8 packages serve no float engine: another precision compiles.
     assert (
         Engine.from_weights(data, network.DEFAULT_ARCH, precision="fp32", buckets=(4,), packages=packages).source

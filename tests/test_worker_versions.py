@@ -161,9 +161,9 @@ def test_a_failed_compile_beside_the_packages_keeps_them(replica: Replica) -> No
 
 
 @pytest.mark.parametrize(
-    ("source", "int8", "beside"), [("aot", False, True), ("aot", True, False), ("compiled", False, False)]
+    ("source", "int8", "beside"), [("aot", False, True), ("aot", True, True), ("compiled", True, False)]
 )
-def test_only_float_packages_are_compiled_beside(source: str, int8: bool, beside: bool) -> None:
+def test_a_digit_network_from_packages_is_compiled_beside(source: str, int8: bool, beside: bool) -> None:
     engine = Engine(network.build(), precision="fp32", buckets=(1,), compile=False)
     engine.source, engine.int8 = source, int8
     assert compiles_beside(engine) is beside

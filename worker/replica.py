@@ -51,10 +51,10 @@ VERSION_CHECK_S = 10.0
 
 
 def compiles_beside(engine: Engine) -> bool:
-    """Whether a worker compiles beside the packages it started from (worker/upgrade.py): float
-    packages serve a batch 1.2-1.8x slower than the compiled engine (BENCHMARKS.md, "Small
-    jobs"); int8 ones as fast as compiled int8 or faster ("int8 from packages"), so they stay."""
-    return engine.source == "aot" and not engine.int8
+    """Whether a worker compiles beside the packages it started from (worker/upgrade.py): a
+    digit network served from packages, float or int8, starves the message threads under a
+    stream of single-image jobs (BENCHMARKS.md, "Small jobs" and "int8 from AOT packages")."""
+    return engine.source == "aot"
 
 
 class Replica:
@@ -108,7 +108,10 @@ class Replica:
         log.info("model %s ready: %s (warmed in %.1fs)", info.version, engine.describe(), engine.warm_seconds)
         self._built = (info.version, info.sha256)
         if compiles_beside(engine):
-            identity, compiled = self._built, functools.partial(engine_for, info, weights, self.settings, packages=None)
+            # The digits compile; an int8 line reader stays on its packages (compiled from a
+            # thread, its widths ran 3.7x slower: BENCHMARKS.md, "The line reader in int8").
+            compiled = functools.partial(engine_for, info, weights, self.settings, aot_digits=False)
+            identity = self._built
             self.upgrade.start(info.version, compiled, lambda e: self._adopt(e, identity))
         packages = packages_for(info, self.settings)
         if packages is not None and engine.compiled_parts():

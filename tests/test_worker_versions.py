@@ -17,6 +17,7 @@ from recognizer.engine import Engine
 from storage.registry import VersionInfo
 from tests.models import untrained_weights as weights
 from tests.models import version_meta as meta
+from worker import heap
 from worker.batchrun import MISSING_IMAGE
 from worker.replica import Replica, compiles_beside
 from worker.versions import MAX_RETRY_S, Refusals, is_transient
@@ -96,13 +97,16 @@ def test_transient_failure_is_retried_with_backoff(replica: Replica, monkeypatch
     assert replica.engine.version == v2 and v2 not in heartbeat(replica)["refused"]  # type: ignore[operator]
 
 
-def test_same_name_other_weights_is_a_new_version(replica: Replica) -> None:
+def test_same_name_other_weights_is_a_new_version(replica: Replica, monkeypatch: pytest.MonkeyPatch) -> None:
     """Redis lost everything and the registry starts again at v1: the worker compares weights too."""
+    settled: list[str] = []
+    monkeypatch.setattr(heap, "settle", settled.append)
     old_sha = replica.serving[1]
     replica.redis.flushdb()
     replica.registry.publish(weights(7), meta())
     assert replica.maybe_switch(None)
     assert replica.serving[0] == "v1" and replica.serving[1] != old_sha
+    assert settled == ["serving v1"], "a switch settles the heap, freeing the old engine's cycles"
     assert not replica.maybe_switch(None)  # and then it is the one serving
 
 

@@ -34,6 +34,7 @@ from storage.jobs import ItemResult, Jobs
 from storage.keys import Keys
 from storage.priority import Priority
 from storage.registry import Registry
+from worker import heap
 from worker.batcher import Batcher, split_plan
 from worker.batchrun import run_batch
 from worker.fieldwork import ReadSpecs, field_key, field_result
@@ -98,6 +99,7 @@ class Replica:
         self._threads: list[threading.Thread] = []
         self._announced = False
         self.sweep_health: dict[str, Any] = {}  # swept_at, sweep_error: written by worker/sweeping.py
+        heap.settle("ready")  # the collector walks the model's objects no more (worker/heap.py)
         self._initialised.set()
 
     def _build(self, version: str | None) -> Engine:
@@ -236,6 +238,7 @@ class Replica:
                 return False
             self.plan = split_plan(engine.bucket_ms, self.batcher.max_batch)
             self.engine, self.serving = engine, identity
+        heap.settle(f"serving {engine.version}")  # frees the old engine's cycles, freezes the new one
         return True
 
     def _refuse(self, version: str, sha256: str, exc: BaseException) -> bool:

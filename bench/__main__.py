@@ -157,6 +157,10 @@ def main(
                     runs["heavy, 64 message threads"] = pipeline.latency(
                         s, files, **heavy, aot_packages="false", worker_threads="64"
                     )
+                    # The same with Python's collector walking the model's objects (worker/heap.py).
+                    runs["heavy, 64 message threads, heap not frozen"] = pipeline.latency(
+                        s, files, **heavy, aot_packages="false", worker_threads="64", freeze_heap="false"
+                    )
                     # A warm start: AOT packages, then the compiled engine once it is warm (worker/upgrade.py).
                     runs["heavy, 64 message threads, warm start"] = pipeline.latency(
                         s, files, **heavy, worker_threads="64"

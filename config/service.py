@@ -100,10 +100,17 @@ class ServiceSettings:
     )
     aot_packages: bool = _field(
         True,
-        "After compiling a version on a CPU, a worker builds AOTInductor packages of it (one per bucket, in a "
-        "low-priority background process) under INKQ_COMPILE_CACHE_DIR/aot; later starts and hot swaps of that "
+        "After compiling a version on a CPU, a worker builds AOTInductor packages of it (one per bucket, and for an "
+        "int8 worker one per width of its int8 line reader, in a low-priority background process) under "
+        "INKQ_COMPILE_CACHE_DIR/aot; later starts and hot swaps of that "
         "version on the same kind of machine load them in about a second instead of compiling. false: always "
         "torch.compile.",
+    )
+    freeze_heap: bool = _field(
+        True,
+        "Once its model is ready, and after each switch to another, a worker collects its garbage and freezes "
+        "every object left (gc.freeze): Python's collector then never walks the model's objects again, a full "
+        "walk that took 380-420 ms with the GIL held (worker/heap.py). false: collect as Python does by default.",
     )
     preprocess_workers: int = _field(
         -1,

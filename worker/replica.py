@@ -99,7 +99,8 @@ class Replica:
         self._threads: list[threading.Thread] = []
         self._announced = False
         self.sweep_health: dict[str, Any] = {}  # swept_at, sweep_error: written by worker/sweeping.py
-        heap.settle("ready")  # the collector walks the model's objects no more (worker/heap.py)
+        if settings.freeze_heap:
+            heap.settle("ready")  # the collector walks the model's objects no more (worker/heap.py)
         self._initialised.set()
 
     def _build(self, version: str | None) -> Engine:
@@ -238,7 +239,8 @@ class Replica:
                 return False
             self.plan = split_plan(engine.bucket_ms, self.batcher.max_batch)
             self.engine, self.serving = engine, identity
-        heap.settle(f"serving {engine.version}")  # frees the old engine's cycles, freezes the new one
+        if self.settings.freeze_heap:
+            heap.settle(f"serving {engine.version}")  # frees the old engine's cycles, freezes the new one
         return True
 
     def _refuse(self, version: str, sha256: str, exc: BaseException) -> bool:

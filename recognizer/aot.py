@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -59,6 +60,7 @@ def input_dtype(precision: str) -> torch.dtype:
     return _INPUT_DTYPES[precision]
 
 
+@functools.cache
 def _quantizer_version(precision: str) -> str:
     """torchao's version for int8 packages: it decides the quantised graph the weights give."""
     if precision != "int8":

@@ -127,9 +127,7 @@ class Engine:
         if sequence is not None:
             lines = compile and self.int8 and linequant.wanted(precision, self.device, line_int8_agreement)
             # Read with only once warm-up has compiled it (``warm``); float lines serve meanwhile.
-            cpu = self.device.type == "cpu"
-            line_packages = packages if cpu else None
-            self._int8_lines = linequant.int8_lines(sequence.model, calibration, line_packages) if lines else None
+            self._int8_lines = linequant.int8_lines(sequence.model, calibration, packages) if lines else None
             self.sequence = sequence.to(self.device, bf16=bf16)
         self.buckets = tuple(sorted(set(int(b) for b in buckets)))
         self.temperature = float(temperature)

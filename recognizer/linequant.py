@@ -152,14 +152,7 @@ def quantize_lines(model: nn.Module, lines: Sequence[LineInput]) -> nn.Module:
     prepared = prepare_pt2e(exported, quantizer)
     with torch.no_grad():
         for start in range(0, len(lines), BATCH):
-            chunk = lines[start : start + BATCH]  # cut to the widest int8 reads
-            prepared(
-                padded(
-                    chunk,
-                    BATCH,
-                    width=min(MAX_WIDTH, WIDTH_STEP * math.ceil(max(ln.width for ln in chunk) / WIDTH_STEP)),
-                )
-            )
+            prepared(padded(lines[start : start + BATCH], BATCH)[..., :MAX_WIDTH])  # int8 reads no wider
     converted: nn.Module = convert_pt2e(prepared)
     return converted
 

@@ -107,22 +107,15 @@ def quantize(model: nn.Module, calibration: torch.Tensor, *, channels_last: bool
 
 @torch.no_grad()
 def int8_agreement(
-    model: nn.Module,
-    calibration: torch.Tensor,
-    images: torch.Tensor,
-    batch: int = 500,
-    *,
-    reference: torch.Tensor | None = None,
+    model: nn.Module, calibration: torch.Tensor, images: torch.Tensor, fp32: torch.Tensor, batch: int = 500
 ) -> float:
-    """Share of ``images`` (normalised) on which the int8 model predicts the digit fp32 predicts
-    (``reference``: those fp32 predictions, when the caller has them). Measured eagerly
-    (reference quantised arithmetic), as the trainer has no int8 hardware to count on; the
-    compiled kernels round alike, and the bench measures them too."""
-    model = copy.deepcopy(model).eval().float()
-    int8 = quantize(model, calibration)
+    """Share of ``images`` (normalised) on which the int8 model predicts ``fp32``, the digits
+    the float model predicts on them (the caller has them already). Measured eagerly (reference
+    quantised arithmetic), as the trainer has no int8 hardware to count on; the compiled kernels
+    round alike, and the bench measures them too."""
+    int8 = quantize(copy.deepcopy(model).eval().float(), calibration)
     same = 0
     for start in range(0, len(images), batch):
         chunk = images[start : start + batch]
-        fp32 = model(chunk)[:, :10].argmax(1) if reference is None else reference[start : start + batch]
-        same += int((fp32 == int8(chunk)[:, :10].argmax(1)).sum())
+        same += int((fp32[start : start + batch] == int8(chunk)[:, :10].argmax(1)).sum())
     return same / max(1, len(images))

@@ -40,26 +40,24 @@ def fp32_digits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     return digits_of(predict_logits(model, images))
 
 
-def bf16_agreement(model: torch.nn.Module, images: torch.Tensor, fp32: torch.Tensor | None = None) -> float:
+def bf16_agreement(model: torch.nn.Module, images: torch.Tensor, fp32: torch.Tensor) -> float:
     """Share of images on which the bf16 copy of ``model`` predicts what fp32 predicts (``fp32``:
-    those predictions, when already made)."""
-    fp32 = fp32_digits(model, images) if fp32 is None else fp32
+    those predictions, ``fp32_digits``)."""
     bf16 = digits_of(predict_logits(copy.deepcopy(model).to(torch.bfloat16), images))
     return float((fp32 == bf16).float().mean())
 
 
 def int8_agreement(
-    model: torch.nn.Module, calibration: torch.Tensor, images: torch.Tensor, fp32: torch.Tensor | None = None
+    model: torch.nn.Module, calibration: torch.Tensor, images: torch.Tensor, fp32: torch.Tensor
 ) -> float | None:
     """Share of ``images`` (prepared) on which an int8 copy of ``model``, calibrated on
     ``calibration`` as workers calibrate it, predicts the digit fp32 predicts (``fp32``: those
-    predictions, when already made): what lets ``auto`` serve the version in int8
+    predictions, ``fp32_digits``): what lets ``auto`` serve the version in int8
     (``quantize.INT8_MIN_AGREEMENT``). None when int8 cannot be built here, which leaves the
     version to bf16 or fp32 and is no reason to lose the training run."""
     try:
         cpu = copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format)  # as workers quantise it
-        reference = None if fp32 is None else fp32.cpu()
-        return quantize.int8_agreement(cpu, normalize(calibration.cpu()), normalize(images.cpu()), reference=reference)
+        return quantize.int8_agreement(cpu, normalize(calibration.cpu()), normalize(images.cpu()), fp32.cpu())
     except Exception as exc:  # torch.export or the quantizer refusing this build: an optional figure
         log.warning("int8 agreement not measured (%s): auto will not serve this version in int8", exc)
         return None

@@ -106,6 +106,13 @@ class ServiceSettings:
         "version on the same kind of machine load them in about a second instead of compiling. false: always "
         "torch.compile.",
     )
+    aot_keep_days: float = _field(
+        14.0,
+        "After each build, the builder deletes the AOT packages that no worker has loaded or built for this many "
+        "days (old versions, precisions, torch releases and package formats; a deleted package that is wanted "
+        "again costs one compile). 0: keep every package.",
+        minimum=0.0,
+    )
     freeze_heap: bool = _field(
         True,
         "Once its model is ready, and after each switch to another, a worker collects its garbage and freezes "

@@ -37,6 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from recognizer.aotprune import mark_used
+
 __all__ = ["DIGITS", "LINES", "AotForward", "PackageKey", "Packages", "device_kind", "input_dtype"]
 
 log = logging.getLogger(__name__)
@@ -180,6 +182,7 @@ class Packages:
         want = torch.tensor(recorded.get("probe", []), dtype=torch.float32)
         if not _agrees(_first(runner(probe_input(key))).float(), want, key.dtype):
             raise ValueError("its output differs from the one recorded when it was built")
+        mark_used(self.paths(key)[1])  # what keeps it from being pruned (recognizer/aotprune.py)
         return runner
 
     def check(self, key: PackageKey) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """``python -m recognizer.aotbuild``: build one model version's AOT packages (recognizer/aot.py),
 the weights on stdin. A worker starts it in the background after compiling a version
-(worker/packages.py); it lowers its own priority first, and exits 3 when another process is
-already building the same version.
+(worker/packages.py); it lowers its own priority first, exits 3 when another process is
+already building the same version, and after building prunes packages unused for ``--keep-days``
+(recognizer/aotprune.py).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--buckets", required=True, help="comma separated")
     parser.add_argument("--dtype", choices=sorted(PRECISIONS), required=True)
     parser.add_argument("--lines", action="store_true", help="also the int8 line reader's widths (int8 only)")
+    parser.add_argument(
+        "--keep-days", type=float, default=0.0, help="then delete packages unused this many days (0: keep all)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s inkq-packages: %(message)s")
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
@@ -53,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     # torch only after lowering the priority: importing it is seconds of CPU.
     from recognizer import artifact
     from recognizer.aot import Packages
+    from recognizer.aotprune import prune
     from recognizer.engine import Engine, configure_compiler
 
     weights = sys.stdin.buffer.read()
@@ -75,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             log.error("this version cannot be served in int8 (no calibration images)")
             return 2
         build_all(packages, engine, artifact.calibration(weights), lines=args.lines)
+    if args.keep_days > 0:
+        prune(args.cache_dir, args.keep_days * 86400)
     return 0
 
 

@@ -1,11 +1,13 @@
 """AOT packages in the compile cache: keyed by everything they depend on, loaded only when their
 manifest and checksum match, refused with a warning (so the engine compiles) otherwise, and
-built by one process at a time. The real build and load is in tests/test_engine.py."""
+built by one process at a time, and pruned when nobody has used them for days. The real build
+and load is in tests/test_engine.py."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import torch
 from torch import nn
 
 from recognizer.aot import DIGITS, LINES, PackageKey, Packages
+from recognizer.aotprune import prune
 
 CPU = torch.device("cpu")
 ARCH = {"name": "resnet18", "stem": "conv3x3", "in_channels": 1, "num_classes": 10}
@@ -154,3 +157,57 @@ class _Shift(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.by
+
+
+DAY = 86400.0
+
+
+def age(path: Path, days: float) -> None:
+    stamp = path.stat().st_mtime - days * DAY
+    os.utime(path, (stamp, stamp))
+
+
+def test_pruning_deletes_what_nobody_loaded_and_keeps_what_was_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tiny()
+    FakeInductor(monkeypatch, model)
+    current, old = Packages(tmp_path, "a" * 64, ARCH), Packages(tmp_path, "b" * 64, ARCH)
+    in_use, retired = digits_key(current, 2), digits_key(old, 2)
+    stale_format = replace(digits_key(current, 8), format=1)  # an older format, never loaded again
+    for packages, key in ((current, in_use), (old, retired), (current, stale_format)):
+        packages.build(model, key)
+        for path in packages.paths(key):
+            age(path, 30)
+    assert current.load([in_use]) is not None  # loading marks it used
+    dead_build = current.root / ".digits-2-float32-x.123-abcd.tmp.pt2"
+    dead_build.write_bytes(b"half a package")
+    age(dead_build, 1)
+    orphan = current.root / "digits-9-float32-orphan.pt2"  # bytes whose manifest went first
+    orphan.write_bytes(b"PK")
+    age(orphan, 30)
+
+    pruned = prune(tmp_path, keep_s=14 * DAY)
+
+    assert all(p.exists() for p in current.paths(in_use))
+    assert not any(p.exists() for p in current.paths(stale_format))
+    assert not dead_build.exists() and not orphan.exists()
+    assert not old.root.exists(), "an emptied version directory is removed"
+    assert pruned.files == 6 and pruned.directories == 1 and pruned.bytes > 0
+    assert current.load([in_use]) is not None
+    assert prune(tmp_path, keep_s=14 * DAY).files == 0
+
+
+def test_pruning_leaves_young_packages_and_a_directory_a_builder_holds(tmp_path: Path) -> None:
+    packages = Packages(tmp_path, "a" * 64, ARCH)
+    young = fake_package(packages, digits_key(packages, 1), b"PK young")
+    live_build = packages.root / ".digits-8-float32-x.1-abcd.tmp.pt2"
+    live_build.write_bytes(b"being written")
+    assert prune(tmp_path, keep_s=14 * DAY).files == 0 and young.exists() and live_build.exists()
+    held = Packages(tmp_path, "c" * 64, ARCH)
+    with held.lock() as mine:
+        assert mine
+        prune(tmp_path, keep_s=14 * DAY)
+        assert held.root.exists(), "a builder about to write there keeps its directory"
+    assert prune(tmp_path, keep_s=14 * DAY).directories == 1 and not held.root.exists()
+    assert prune(tmp_path / "nothing-here", keep_s=DAY).files == 0

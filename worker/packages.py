@@ -4,7 +4,8 @@ After a worker has compiled a version with ``torch.compile`` on a CPU, it starts
 ``python -m recognizer.aotbuild`` with the weights on stdin. That process runs at the lowest CPU
 priority (nice 19) with one thread, so it takes only what serving leaves of the cores; it builds
 one package per bucket (an int8 worker: of the quantised network, and one per width of its int8
-line reader), skipping those another worker has already built, and its failure only
+line reader), skipping those another worker has already built, then prunes packages nobody has
+used for ``INKQ_AOT_KEEP_DAYS`` (recognizer/aotprune.py); its failure only
 means that the next start compiles again. The worker reports the build in its heartbeat
 (``packages``) and ends it when it stops or switches to another version.
 """
@@ -32,7 +33,8 @@ BUILD_TIMEOUT_S = 3600.0
 class PackageBuilds:
     """The worker's one background build; ``status`` is what the heartbeat shows."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_days: float = 0.0) -> None:
+        self.keep_days = keep_days  # the builder then prunes packages unused this long (0: never)
         self.status: str | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
@@ -55,6 +57,7 @@ class PackageBuilds:
             *("--sha256", packages.weights_sha256, "--arch", packages.arch),
             *("--buckets", ",".join(map(str, buckets)), "--dtype", dtype),
             *(["--lines"] if lines else []),
+            *("--keep-days", str(self.keep_days)),
         ]
         env = os.environ | {"OMP_NUM_THREADS": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1"}
         try:

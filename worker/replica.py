@@ -68,7 +68,7 @@ class Replica:
         self.jobs = Jobs(self.redis, self.keys, settings.result_ttl_s)
         self.registry = Registry(self.redis, self.keys)
         self.hostname = socket.gethostname()
-        self.package_builds = PackageBuilds()  # AOT packages for the next start (worker/packages.py)
+        self.package_builds = PackageBuilds(self.settings.aot_keep_days)  # AOT packages for the next start (worker/packages.py)
         self.upgrade = Upgrade()  # a start from packages compiles beside them (worker/upgrade.py)
         self._swap = threading.Lock()  # one engine change at a time: hot swap or upgrade
         self._initialised = threading.Event()

@@ -18,6 +18,7 @@ from celery import Celery, signals
 
 from config.settings import load_settings
 from recognizer import artifact, network, scan
+from storage import workers
 from storage.connection import connect
 from storage.keys import Keys
 from storage.registry import Registry
@@ -61,8 +62,8 @@ def model() -> Any:
 
 @signals.worker_ready.connect
 def _ready(sender: Any = None, **_: Any) -> None:
-    keys = Keys(settings.key_prefix)
-    connect(settings.redis_url).rpush(keys.workers_ready, getattr(sender, "hostname", socket.gethostname()))
+    hostname = getattr(sender, "hostname", socket.gethostname())
+    workers.announce_ready(connect(settings.redis_url), Keys(settings.key_prefix), hostname)
 
 
 @app.task(name="naive.recognize")

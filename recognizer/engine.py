@@ -102,6 +102,7 @@ class Engine:
         sequence: SequenceReader | None = None,
         line_int8_agreement: float | None = None,
         aot_digits: bool = True,
+        int8_lines: linequant.Int8Lines | None = None,
     ) -> None:
         # cuda_graphs: a compiled engine on CUDA replays each bucket as a CUDA graph (inductor's
         # "reduce-overhead"): at small batches launch overhead, not arithmetic, is the cost.
@@ -110,6 +111,9 @@ class Engine:
         # compiling when every bucket has a good one (CPU only: CUDA keeps its graphs).
         # aot_digits=False compiles the digit network all the same (a worker's compile beside
         # its packages, worker/upgrade.py); an int8 line reader still loads from them.
+        # int8_lines: the ready int8 line reader of another engine of this version (the one a
+        # compile beside replaces), taken as it is: compiled again from a thread, its widths
+        # ran 3.7x slower (BENCHMARKS.md, "The line reader in int8").
         self.version = version
         self.device = resolve_device(device)
         # int8 (recognizer/quantize.py) is calibrated on the version's prepared [0, 1] images;
@@ -127,8 +131,11 @@ class Engine:
         if sequence is not None:
             lines = compile and self.int8 and linequant.wanted(precision, self.device, line_int8_agreement)
             # Read with only once warm-up has compiled it (``warm``); float lines serve meanwhile.
-            self._int8_lines = linequant.int8_lines(sequence.model, calibration, packages) if lines else None
-            self.sequence = sequence.to(self.device, bf16=bf16)
+            ready = int8_lines if lines else None
+            self._int8_lines = (
+                linequant.int8_lines(sequence.model, calibration, packages) if lines and not ready else None
+            )
+            self.sequence = sequence.to(self.device, bf16=bf16, int8=ready)
         self.buckets = tuple(sorted(set(int(b) for b in buckets)))
         self.temperature = float(temperature)
         # The engine owns its copy: casting or compiling must never touch the caller's module.

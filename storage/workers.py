@@ -20,7 +20,7 @@ import redis
 from storage.keys import Keys
 from storage.utils import as_text
 
-__all__ = ["WorkerState", "add_stats", "list_workers", "read", "remove", "write"]
+__all__ = ["WorkerState", "add_stats", "announce_ready", "list_workers", "read", "remove", "write"]
 
 # The index outlives any one worker; a worker missing from it for this long is forgotten.
 INDEX_TTL_S = 24 * 3600
@@ -71,6 +71,16 @@ def write(client: redis.Redis, keys: Keys, state: WorkerState, ttl_s: float) -> 
     pipe.set(keys.worker(state.hostname), json.dumps(state.as_dict(), default=str), ex=max(1, int(ttl_s)))
     pipe.zadd(keys.workers_index, {state.hostname: state.at})
     pipe.expire(keys.workers_index, INDEX_TTL_S)
+    pipe.execute()
+
+
+def announce_ready(client: redis.Redis, keys: Keys, hostname: str) -> None:
+    """Push ``hostname`` onto the list of workers that became ready (the last 100, for a day):
+    what launchers and tests block on instead of polling heartbeats."""
+    pipe = client.pipeline(transaction=True)
+    pipe.rpush(keys.workers_ready, hostname)
+    pipe.ltrim(keys.workers_ready, -100, -1)
+    pipe.expire(keys.workers_ready, INDEX_TTL_S)
     pipe.execute()
 
 

@@ -19,7 +19,8 @@ from tests.models import untrained_weights as weights
 from tests.models import version_meta as meta
 from worker import heap
 from worker.batchrun import MISSING_IMAGE
-from worker.replica import Replica, compiles_beside
+from worker.replica import Replica
+from worker.upgrade import compiles_beside
 from worker.versions import MAX_RETRY_S, Refusals, is_transient
 
 

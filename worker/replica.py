@@ -41,7 +41,7 @@ from worker.fieldwork import ReadSpecs, field_key, field_result
 from worker.metrics import WorkerMetrics
 from worker.packages import PackageBuilds
 from worker.results import Served, log_message, result_body, served_body
-from worker.upgrade import Upgrade
+from worker.upgrade import Upgrade, compiles_beside
 from worker.versions import Refusals, check_preprocess, watch_announcements
 
 log = logging.getLogger(__name__)
@@ -49,13 +49,6 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0
 # How often the watcher asks the registry directly, in case a pub/sub message was missed.
 VERSION_CHECK_S = 10.0
-
-
-def compiles_beside(engine: Engine) -> bool:
-    """Whether a worker compiles beside the packages it started from (worker/upgrade.py): a
-    digit network served from packages, float or int8, starves the message threads under a
-    stream of single-image jobs (BENCHMARKS.md, "Small jobs" and "int8 from AOT packages")."""
-    return engine.source == "aot"
 
 
 class Replica:
@@ -68,7 +61,8 @@ class Replica:
         self.jobs = Jobs(self.redis, self.keys, settings.result_ttl_s)
         self.registry = Registry(self.redis, self.keys)
         self.hostname = socket.gethostname()
-        self.package_builds = PackageBuilds(self.settings.aot_keep_days)  # AOT packages for the next start (worker/packages.py)
+        # AOT packages for the next start (worker/packages.py)
+        self.package_builds = PackageBuilds(self.settings.aot_keep_days)
         self.upgrade = Upgrade()  # a start from packages compiles beside them (worker/upgrade.py)
         self._swap = threading.Lock()  # one engine change at a time: hot swap or upgrade
         self._initialised = threading.Event()
@@ -111,9 +105,11 @@ class Replica:
         log.info("model %s ready: %s (warmed in %.1fs)", info.version, engine.describe(), engine.warm_seconds)
         self._built = (info.version, info.sha256)
         if compiles_beside(engine):
-            # The digits compile; an int8 line reader stays on its packages (compiled from a
-            # thread, its widths ran 3.7x slower: BENCHMARKS.md, "The line reader in int8").
-            compiled = functools.partial(engine_for, info, weights, self.settings, aot_digits=False)
+            # The digits compile; an int8 line reader stays as it is, from packages or compiled
+            # here (compiled from a thread, its widths ran 3.7x slower: BENCHMARKS.md, "The line
+            # reader in int8").
+            lines = engine.int8_lines
+            compiled = functools.partial(engine_for, info, weights, self.settings, aot_digits=False, int8_lines=lines)
             identity = self._built
             self.upgrade.start(info.version, compiled, lambda e: self._adopt(e, identity))
         packages = packages_for(info, self.settings)
@@ -141,12 +137,8 @@ class Replica:
         clock = [time.perf_counter()]
         ready = [(int(index), str(digest), str(path)) for index, digest, path in items]
         if not self.jobs.wants_results(job):  # its results would be dropped: spare the model
-            log.info(
-                "job %s is cancelled or gone: skipping %d items",
-                job,
-                len(ready),
-                extra={"job": job, "items": len(ready)},
-            )
+            extra = {"job": job, "items": len(ready)}
+            log.info("job %s is cancelled or gone: skipping %d items", job, len(ready), extra=extra)
             self._record_skip(len(ready))
             return 0
         queue_ms = round((received - sent_at) * 1000, 3)
@@ -260,11 +252,7 @@ class Replica:
         self.hostname = hostname
         self._announced = True
         self._beat()
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.rpush(self.keys.workers_ready, hostname)
-        pipe.ltrim(self.keys.workers_ready, -100, -1)
-        pipe.expire(self.keys.workers_ready, 24 * 3600)
-        pipe.execute()
+        workers.announce_ready(self.redis, self.keys, hostname)
         for target, name in ((self._beat_forever, "inkq-heartbeat"), (self._watch_versions, "inkq-versions")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()

@@ -16,9 +16,16 @@ from collections.abc import Callable
 
 from recognizer.engine import Engine
 
-__all__ = ["Upgrade"]
+__all__ = ["Upgrade", "compiles_beside"]
 
 log = logging.getLogger(__name__)
+
+
+def compiles_beside(engine: Engine) -> bool:
+    """Whether a worker compiles beside the packages it started from: a digit network served
+    from packages, float or int8, starves the message threads under a stream of single-image
+    jobs (BENCHMARKS.md, "Small jobs" and "int8 from AOT packages")."""
+    return engine.source == "aot"
 
 
 class Upgrade:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -126,10 +128,19 @@ def test_a_second_start_loads_the_packages_built_after_the_first(
     # What a worker does after compiling a version: build its packages in a background process.
     weights = artifact.dump(model)
     packages = Packages(tmp_path, hashlib.sha256(weights).hexdigest(), dict(network.DEFAULT_ARCH))
-    builds = PackageBuilds()
+    # A retired version's package nobody loaded for a month: the builder prunes it afterwards.
+    retired = tmp_path / "aot" / ("b" * 32) / "digits-4x1x28x28-float32-old.json"
+    retired.parent.mkdir(parents=True)
+    retired.write_text("{}")
+    retired.with_suffix(".pt2").write_bytes(b"PK")
+    month_ago = time.time() - 30 * 86400
+    for path in (retired, retired.with_suffix(".pt2")):
+        os.utime(path, (month_ago, month_ago))
+    builds = PackageBuilds(keep_days=14)
     builds.start(packages, weights, "v1", (4,), "float32")
     wait_for(lambda: not str(builds.status).startswith("building"), 800, "the package build", interval=0.5)
     assert str(builds.status).startswith("built v1"), builds.status
+    assert not retired.parent.exists() and packages.root.exists()
     # The next start loads them instead of compiling, and predicts what the compiled engine does.
     engine = Engine(model, precision="fp32", buckets=(4,), cache_dir=tmp_path, temperature=1.5, packages=packages)
     assert engine.source == "aot" and engine.compiled and "AOT" in engine.describe()

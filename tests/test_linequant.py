@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -160,7 +161,7 @@ def test_an_engine_handed_a_ready_int8_line_reader_serves_it_as_it_is(
     the start made ready: compiled again from that thread, its widths ran 3.7x slower."""
     torch.manual_seed(0)
     data = artifact.dump(network.build(), digits, build())
-    ready = Warming(fails=False)
+    ready: Any = Warming(fails=False)  # stands in for an Int8Lines
 
     def refuse(*_: object) -> None:
         raise AssertionError("the engine made its own int8 line reader")

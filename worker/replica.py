@@ -108,8 +108,8 @@ class Replica:
             # The digits compile; an int8 line reader stays as it is, from packages or compiled
             # here (compiled from a thread, its widths ran 3.7x slower: BENCHMARKS.md, "The line
             # reader in int8").
-            lines = engine.int8_lines
-            compiled = functools.partial(engine_for, info, weights, self.settings, aot_digits=False, int8_lines=lines)
+            ready = engine.int8_lines
+            compiled = functools.partial(engine_for, info, weights, self.settings, aot_digits=False, int8_lines=ready)
             identity = self._built
             self.upgrade.start(info.version, compiled, lambda e: self._adopt(e, identity))
         packages = packages_for(info, self.settings)

@@ -238,7 +238,7 @@ class Jobs:
     def write_results(self, results: Iterable[ItemResult]) -> int:
         """Write a batch of results in one round trip; idempotent per (job, index)."""
         keys: list[str] = []
-        args: list[Any] = [time.time(), self.ttl_s, self.keys.review]
+        args: list[Any] = [time.time(), self.ttl_s, self.keys.review, self.keys.jobs_active]
         for r in results:
             keys += [
                 self.keys.job(r.job),
@@ -252,6 +252,7 @@ class Jobs:
                 int(r.failed),
                 int(r.review),
                 f"{r.job}:{r.index}",
+                r.job,
             ]
         if not keys:
             return 0

@@ -87,9 +87,10 @@ class Keys:
 
     @property
     def jobs_active(self) -> str:
-        """Sorted set: job id -> creation time, of every job begun with a manifest and not yet seen
-        complete or cancelled by the sweeper (which drops finished and expired ones). TTL: the
-        result TTL, renewed by each job begun."""
+        """Sorted set: job id -> creation time, of every job begun with a manifest and not yet
+        finished: the result write that finishes a job, or the cancel, removes it; the sweeper drops
+        expired ones (and finished ones written before that). TTL: the result TTL, renewed by each
+        job begun."""
         return self._k("jobs", "active")
 
     # The sweeper (storage/sweeper.py): requeues the missing items of a job whose messages were lost

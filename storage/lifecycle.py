@@ -116,7 +116,7 @@ class Lifecycle:
         # An empty first page marks the job cancelled before any item is read; then bodies only for
         # items still without a result (the script re-checks each one).
         for page in itertools.chain([[]], self.unfinished(job, status.total)):
-            args: list[Any] = [time.time(), self.jobs.ttl_s]
+            args: list[Any] = [time.time(), self.jobs.ttl_s, self.keys.jobs_active, job]
             for index, digest, path in page:
                 args += [index, json.dumps(_cancelled(path, digest, error), separators=(",", ":"))]
             added = int(self._cancel(keys=keys, args=args))

@@ -21,6 +21,7 @@ from config.errors import JobStateError
 from producer.client import Client, QueueFullError
 from storage import queue
 from storage.jobs import ItemResult, JobState
+from storage.utils import as_text
 from tests.conftest import BIN, MnistArrays, wait_for, write_digits
 
 
@@ -166,7 +167,7 @@ def test_a_job_leaves_the_sweepers_index_as_it_finishes(redis_url: str) -> None:
     jobs, keys = client.jobs, client.keys
 
     def indexed() -> set[str]:
-        return {m.decode() for m in jobs.redis.zrange(keys.jobs_active, 0, -1)}
+        return {as_text(m) for m in jobs.redis.zrange(keys.jobs_active, 0, -1)}
 
     items = [(i, f"d{i}", f"s{i}.png") for i in range(2)]
     done, cancelled = (client.lifecycle.begin(items, 1, None, "t") for _ in "ab")
